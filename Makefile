@@ -1,0 +1,44 @@
+# authsvc — the two commands of the README are `make run` and `make test`.
+# `make help` lists every target.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export AUTHSVC_ENV ?= development
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/authsvc: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/authsvc ## create the virtualenv and install authsvc with its test tools
+
+run: venv ## set up and serve on http://127.0.0.1:8000 (SQLite, development secrets)
+	$(BIN)/authsvc init-db
+	exec $(BIN)/authsvc serve
+
+testenv: ## install the real Orthanc, nginx, OIDC provider, Chromium and PostgreSQL binaries
+	bash scripts/testenv/setup.sh
+
+lint: venv ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check authsvc tests bench
+	$(BIN)/ruff format --check authsvc tests bench
+	$(BIN)/mypy
+
+test: venv testenv lint ## set everything up, lint, type-check, run the whole suite (integration too)
+	AUTHSVC_ENV=testing $(BIN)/python -m pytest --cov --cov-report=term
+
+bench: venv testenv ## print the hot-path benchmarks (numbers, not assertions)
+	AUTHSVC_ENV=testing $(BIN)/python bench/run.py
+
+format: venv ## rewrite files with ruff format and import sorting
+	$(BIN)/ruff check --fix --select I authsvc tests bench
+	$(BIN)/ruff format authsvc tests bench
+
+.PHONY: help venv run testenv lint test bench format

@@ -1,0 +1,500 @@
+"""authsvc.config: the service's settings, loaded once, typed, validated, failing fast.
+
+Layers, each overriding the one before:
+
+1. defaults in this module (:class:`Settings` fields);
+2. the TOML file named by ``AUTHSVC_CONFIG`` (lower-case keys, see ``config/authsvc.example.toml``);
+3. environment variables ``AUTHSVC_<KEY>``;
+4. Docker secrets: ``AUTHSVC_<KEY>_FILE`` (any key) or ``/run/secrets/authsvc_<key>`` (secret keys);
+5. the mapping passed to ``create_app(config=...)`` (tests).
+
+Every value is converted where it is read, by the parser declared next to its field. A bad or
+missing value raises :class:`~authsvc.errors.ConfigError` whose message is one line naming the
+key; the CLI and the gunicorn config print that line and exit.
+
+Secrets (``secret=True``) have no default in production. In development mode a missing secret is
+generated once, persisted in the data directory (so sessions survive restarts) and announced
+loudly in the log: those values are throw-away and must never reach production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import tomllib
+from collections.abc import Callable
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from authsvc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "AUTHSVC_"
+DOCKER_SECRETS_DIR = Path("/run/secrets")
+
+
+class Environment(StrEnum):
+    """Where the service runs; only ``production`` refuses missing secrets."""
+
+    production = "production"
+    development = "development"
+    testing = "testing"
+
+
+# --- parsers: text (or a TOML value) -> typed value; raise ValueError with a short reason ----
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _nonempty(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(_str(value).strip(), 10)
+            except ValueError:
+                raise ValueError("expected an integer") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum}")
+        return number
+
+    return parse
+
+
+def _float(minimum: float = 0.0) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        try:
+            number = float(value) if isinstance(value, int | float) else float(_str(value))
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _env(value: Any) -> Environment:
+    return Environment(_choice(*[e.value for e in Environment])(value))
+
+
+def _url(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        return ""
+    if not (text.startswith("http://") or text.startswith("https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        items = [_str(v) for v in value]
+    else:
+        items = _str(value).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _json_list(value: Any) -> tuple[dict[str, Any], ...]:
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError("expected a JSON list of objects") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("expected a list of objects")
+    return tuple(value)
+
+
+def _database_url(value: Any) -> str:
+    text = _str(value).strip()
+    if not text:
+        return ""
+    scheme = text.split(":", 1)[0]
+    if scheme not in {"sqlite", "postgresql", "postgres", "postgresql+psycopg"}:
+        raise ValueError("expected a sqlite:/// or postgresql:// URL")
+    return text
+
+
+def _bind(value: Any) -> str:
+    text = _nonempty(value)
+    if text.startswith("unix:"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT or unix:PATH")
+    return text
+
+
+def setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,  # noqa: A002 - reads naturally at the call sites below
+    *,
+    secret: bool = False,
+    example: str | None = None,
+) -> Any:
+    """Declare one settings key: its default, parser, documentation and secrecy."""
+    return dataclasses.field(
+        default=default,
+        metadata={"parse": parse, "help": help, "secret": secret, "example": example},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every configuration key of authsvc, with its default and meaning.
+
+    The README's configuration table and ``config/authsvc.example.toml`` are checked against
+    this class by ``tests/unit/test_config.py``, so the documentation cannot drift.
+    """
+
+    env: Environment = setting(
+        Environment.production,
+        _env,
+        "`production`, `development` (throw-away secrets are generated) or `testing`.",
+        example="production",
+    )
+    data_dir: str = setting(
+        "instance",
+        _nonempty,
+        "Directory for the embedded SQLite database and development secrets.",
+    )
+    database_url: str = setting(
+        "",
+        _database_url,
+        "SQLAlchemy URL. Empty: SQLite file `authsvc.sqlite3` in `data_dir`. "
+        "Production: `postgresql://user:pass@host/db`.",
+        secret=True,
+        example="postgresql://authsvc:CHANGE-ME@postgres:5432/authsvc",
+    )
+    secret_key: str = setting(
+        "",
+        _str,
+        "Signs session cookies and CSRF tokens (32+ random bytes). Required in production.",
+        secret=True,
+        example="CHANGE-ME-generate-with-python-secrets-token-urlsafe-48",
+    )
+    bind: str = setting("127.0.0.1:8000", _bind, "Address gunicorn listens on.")
+    workers: int = setting(2, _int(1, 64), "gunicorn worker processes.")
+    threads: int = setting(
+        1, _int(1, 64), "Threads per worker (1: sync workers, the fastest for the plugin)."
+    )
+    worker_timeout: int = setting(60, _int(5, 3600), "Seconds before a stuck worker is recycled.")
+    log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "Log level.")
+    log_format: str = setting(
+        "text", _choice("text", "json"), "`text` for people, `json` for JSON lines."
+    )
+    proxy_count: int = setting(
+        0,
+        _int(0, 5),
+        "Number of trusted reverse proxies in front of authsvc that set X-Forwarded-* headers.",
+    )
+    max_body_bytes: int = setting(
+        1_048_576, _int(1024), "Largest JSON request body accepted, in bytes."
+    )
+    orthanc_url: str = setting(
+        "",
+        _url,
+        "Base URL of the default Orthanc server (service access, not through nginx).",
+        example="http://orthanc:8042",
+    )
+    orthanc_server_id: str = setting(
+        "",
+        _str,
+        "Id of that server, as the plugin's `WebServiceIdentifier` (empty: the plugin sends none).",
+    )
+    orthanc_username: str = setting("", _str, "User authsvc uses to call Orthanc.")
+    orthanc_password: str = setting("", _str, "Password authsvc uses to call Orthanc.", secret=True)
+    orthanc_servers: tuple[dict[str, Any], ...] = setting(
+        (),
+        _json_list,
+        'More Orthanc servers: JSON list of `{"id", "url", "username", "password"}`.',
+        secret=True,
+        example="[]",
+    )
+    orthanc_timeout: float = setting(
+        10.0, _float(0.1), "Seconds before a call to Orthanc times out."
+    )
+    orthanc_retries: int = setting(
+        2, _int(0, 10), "Retries of idempotent Orthanc calls after a connection failure."
+    )
+    oidc_issuer: str = setting(
+        "",
+        _url,
+        "Keycloak realm URL (the issuer); empty: no OIDC.",
+        example="http://keycloak:8080/realms/orthanc",
+    )
+    readiness_timeout: float = setting(
+        2.0, _float(0.1), "Seconds each dependency check of `/readyz` may take."
+    )
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver made explicit."""
+        url = self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'authsvc.sqlite3'}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
+
+    @property
+    def is_development(self) -> bool:
+        """True when throw-away secrets may be generated."""
+        return self.env is not Environment.production
+
+
+FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS)
+SECRET_KEYS: frozenset[str] = frozenset(f.name for f in FIELDS if f.metadata["secret"])
+# Secrets that must be set in production. The others are optional (empty disables a feature).
+REQUIRED_SECRETS: tuple[str, ...] = ("secret_key",)
+
+
+def env_name(key: str) -> str:
+    """Return the environment variable name of a settings key."""
+    return ENV_PREFIX + key.upper()
+
+
+def _read_file_value(key: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{env_name(key)}: cannot read secret file {path}: {exc.strerror}"
+        ) from None
+
+
+def _collect_raw(
+    environ: Mapping[str, str], secrets_dir: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Gather raw values from the file, environment and secrets; also where each came from."""
+    raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    config_path = environ.get(ENV_PREFIX + "CONFIG", "").strip()
+    if config_path:
+        try:
+            with open(config_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(
+                f"AUTHSVC_CONFIG: cannot read {config_path}: {exc.strerror}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"AUTHSVC_CONFIG: {config_path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in KEYS:
+                raise ConfigError(f"{key}: unknown key in {config_path}")
+            raw[key] = value
+            origin[key] = config_path
+    for key in KEYS:
+        name = env_name(key)
+        if name in environ:
+            raw[key] = environ[name]
+            origin[key] = name
+    for key in KEYS:
+        file_var = env_name(key) + "_FILE"
+        if environ.get(file_var):
+            raw[key] = _read_file_value(key, Path(environ[file_var]))
+            origin[key] = file_var
+        elif key in SECRET_KEYS:
+            candidate = secrets_dir / f"authsvc_{key}"
+            if candidate.is_file():
+                raw[key] = _read_file_value(key, candidate)
+                origin[key] = str(candidate)
+    return raw, origin
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    secrets_dir: Path = DOCKER_SECRETS_DIR,
+) -> Settings:
+    """Load, convert and validate every key; raise ConfigError naming the first bad key."""
+    environ = os.environ if environ is None else environ
+    raw, origin = _collect_raw(environ, secrets_dir)
+    for key, value in (overrides or {}).items():
+        if key.lower() not in KEYS:
+            raise ConfigError(f"{key}: unknown configuration key")
+        raw[key.lower()] = value
+        origin[key.lower()] = "create_app(config=...)"
+    values: dict[str, Any] = {}
+    for field in FIELDS:
+        if field.name not in raw:
+            continue
+        try:
+            values[field.name] = field.metadata["parse"](raw[field.name])
+        except (ValueError, TypeError) as exc:
+            # Never echo the value of a secret; for other keys the value helps the operator.
+            shown = "" if field.name in SECRET_KEYS else f" (got {raw[field.name]!r})"
+            raise ConfigError(
+                f"{env_name(field.name)}: {exc}{shown} [from {origin[field.name]}]"
+            ) from None
+    settings = Settings(**values)
+    return _complete_secrets(settings)
+
+
+def _complete_secrets(settings: Settings) -> Settings:
+    """Refuse missing production secrets; in development generate and persist throw-away ones."""
+    missing = [key for key in REQUIRED_SECRETS if not getattr(settings, key)]
+    if not missing:
+        return settings
+    if not settings.is_development:
+        key = missing[0]
+        raise ConfigError(
+            f"{env_name(key)}: required in production (set it, or {env_name(key)}_FILE, "
+            f"or /run/secrets/authsvc_{key})"
+        )
+    store = Path(settings.data_dir) / "dev-secrets.json"
+    stored: dict[str, str] = {}
+    if store.is_file():
+        try:
+            stored = json.loads(store.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            stored = {}
+    generated: dict[str, Any] = {
+        key: stored.get(key) or secrets.token_urlsafe(48) for key in missing
+    }
+    if any(key not in stored for key in missing):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        stored.update(generated)
+        # Written with owner-only permissions: these are real (if throw-away) secrets.
+        fd = os.open(store, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(stored, fh)
+    log.warning(
+        "DEVELOPMENT MODE: using throw-away secrets for %s stored in %s. "
+        "Never run like this in production (set AUTHSVC_ENV=production and real secrets).",
+        ", ".join(env_name(k) for k in missing),
+        store,
+    )
+    return dataclasses.replace(settings, **generated)
+
+
+def describe() -> list[dict[str, str]]:
+    """Return one documentation row per key (for the README table and the example file)."""
+    rows = []
+    for field in FIELDS:
+        default = field.default
+        if isinstance(default, Environment):
+            default = default.value
+        if default in ("", ()):
+            shown = "*(none)*" if field.name in REQUIRED_SECRETS else "*(empty)*"
+        else:
+            shown = f"`{default}`"
+        rows.append(
+            {
+                "key": field.name,
+                "env": env_name(field.name),
+                "default": shown,
+                "secret": "yes" if field.metadata["secret"] else "",
+                "help": field.metadata["help"],
+            }
+        )
+    return rows
+
+
+def markdown_table() -> str:
+    """Render the configuration reference as a Markdown table (embedded in the README)."""
+    lines = [
+        "| key (file) | environment variable | default | secret | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for row in describe():
+        lines.append(
+            f"| `{row['key']}` | `{row['env']}` | {row['default']} | {row['secret']} "
+            f"| {row['help']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def example_toml() -> str:
+    """Render ``config/authsvc.example.toml``: every key, commented, with a sample value."""
+    out = [
+        "# authsvc configuration (TOML). Point AUTHSVC_CONFIG at a copy of this file.",
+        "# Every key can also be set as an environment variable AUTHSVC_<KEY> (upper case),",
+        "# or read from a file named by AUTHSVC_<KEY>_FILE; secret keys are also read from",
+        "# Docker secrets at /run/secrets/authsvc_<key>. Keep real secrets out of this file.",
+        "# Generated by `authsvc config-doc --format toml`; a test keeps it in step with the code.",
+        "",
+    ]
+    for field in FIELDS:
+        meta = field.metadata
+        out.append(f"# {meta['help']}")
+        if meta["secret"]:
+            out.append(f"# SECRET: prefer {env_name(field.name)}_FILE or a Docker secret.")
+        sample = meta["example"]
+        if sample is None:
+            default = field.default
+            if isinstance(default, Environment):
+                default = default.value
+            sample = _toml_value(default)
+        else:
+            sample = _toml_value(sample) if not sample.startswith("[") else sample
+        out.append(f"# {field.name} = {sample}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[]"
+    return json.dumps(str(value))

@@ -1,0 +1,36 @@
+"""gunicorn settings for authsvc, read from the same configuration as the app.
+
+Use: ``gunicorn -c python:authsvc.gunicorn_conf 'authsvc:create_app()'`` (``authsvc serve``
+does exactly that). The configuration is validated here, in the master, so a bad value stops
+start-up with one line naming the key instead of a traceback per worker.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from authsvc.config import load_settings
+from authsvc.errors import ConfigError
+
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    sys.stderr.write(f"authsvc: configuration error: {exc}\n")
+    sys.exit(2)
+
+bind = [_settings.bind]
+workers = _settings.workers
+threads = _settings.threads
+# Sync workers are the fastest for the plugin's one-request-per-connection traffic; threads
+# only help clients that keep connections alive (see docs/performance.md).
+worker_class = "gthread" if _settings.threads > 1 else "sync"
+timeout = _settings.worker_timeout
+graceful_timeout = 20
+keepalive = 2
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level
+# Path only (%(U)s), never the query string: the plugin allows tokens in GET arguments.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+# The plugin streams its bodies chunked; gunicorn sets wsgi.input_terminated so Flask reads them.
+limit_request_field_size = 16384

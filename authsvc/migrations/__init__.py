@@ -1,0 +1,1 @@
+"""Numbered schema upgrades; see README.md in this folder and docs/database.md."""

@@ -1,0 +1,262 @@
+"""authsvc.orthanc: a small REST client for Orthanc, used with the service's own credentials.
+
+Every failure becomes one domain error: :class:`~authsvc.errors.OrthancUnavailable` when Orthanc
+cannot be reached, times out or answers 5xx (retried first when the call is idempotent), and
+:class:`~authsvc.errors.OrthancError` (carrying ``orthanc_status``) when Orthanc answers 4xx.
+Error messages name the server id and the path, never the credentials.
+
+Several servers can be configured; each has the id the Advanced Authorization plugin sends as
+``server-id`` (its ``WebServiceIdentifier``). :class:`OrthancServers` is the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from authsvc.errors import ConfigError
+from authsvc.errors import OrthancError
+from authsvc.errors import OrthancUnavailable
+
+log = logging.getLogger(__name__)
+
+# 502/503/504 come from proxies or an Orthanc that is starting: worth one more try.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class OrthancServer:
+    """How to reach one Orthanc server."""
+
+    id: str
+    url: str
+    username: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    timeout: float = 10.0
+    retries: int = 2
+
+
+class OrthancClient:
+    """REST calls to one Orthanc server."""
+
+    def __init__(
+        self,
+        server: OrthancServer,
+        session: requests.Session | None = None,
+        *,
+        backoff: float = 0.2,
+    ) -> None:
+        self.server = server
+        self.session = session or requests.Session()
+        if server.username:
+            self.session.auth = (server.username, server.password)
+        self.backoff = backoff
+
+    # -- transport ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send one request; retry idempotent ones; translate every failure to a domain error."""
+        method = method.upper()
+        url = self.server.url.rstrip("/") + "/" + path.lstrip("/")
+        retry = method in _IDEMPOTENT if idempotent is None else idempotent
+        attempts = 1 + (self.server.retries if retry else 0)
+        where = f"Orthanc '{self.server.id}' {method} /{path.lstrip('/').split('?', 1)[0]}"
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self.session.request(
+                    method, url, timeout=timeout or self.server.timeout, **kwargs
+                )
+            except requests.RequestException as exc:
+                if attempt < attempts:
+                    time.sleep(self.backoff * attempt)
+                    continue
+                kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
+                log.warning("%s failed: %s", where, type(exc).__name__)
+                raise OrthancUnavailable(f"{where}: Orthanc {kind}.") from exc
+            if response.status_code in _RETRY_STATUSES and attempt < attempts:
+                time.sleep(self.backoff * attempt)
+                continue
+            if response.status_code >= 500:
+                log.warning("%s answered %s", where, response.status_code)
+                raise OrthancUnavailable(f"{where}: Orthanc answered {response.status_code}.")
+            if response.status_code >= 400:
+                raise OrthancError(
+                    f"{where}: Orthanc answered {response.status_code}.",
+                    orthanc_status=response.status_code,
+                    details=_orthanc_details(response),
+                )
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request and decode its JSON answer."""
+        response = self.request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise OrthancError(
+                f"Orthanc '{self.server.id}' sent a non-JSON answer to {path}."
+            ) from exc
+
+    # -- the calls authsvc needs ----------------------------------------------------------
+
+    def system(self) -> dict[str, Any]:
+        """Return ``/system`` (version, name, whether labels are supported)."""
+        result: dict[str, Any] = self.json("GET", "/system")
+        return result
+
+    def upload_instance(self, dicom: bytes) -> dict[str, Any]:
+        """Store one DICOM instance; return Orthanc's answer (ID, ParentStudy, Status)."""
+        result: dict[str, Any] = self.json(
+            "POST",
+            "/instances",
+            data=dicom,
+            headers={"Content-Type": "application/dicom"},
+            # Storing the same instance twice is harmless in Orthanc, so a retry is safe.
+            idempotent=True,
+        )
+        return result
+
+    def study_labels(self, study_id: str) -> list[str]:
+        """Return the labels of a study (Orthanc id)."""
+        labels: list[str] = self.json("GET", f"/studies/{study_id}/labels")
+        return labels
+
+    def add_label(self, study_id: str, label: str) -> None:
+        """Put ``label`` on a study (idempotent)."""
+        self.request("PUT", f"/studies/{study_id}/labels/{label}", data=b"")
+
+    def remove_label(self, study_id: str, label: str) -> None:
+        """Remove ``label`` from a study (idempotent: a missing label is not an error)."""
+        self.request("DELETE", f"/studies/{study_id}/labels/{label}")
+
+    def find_studies(
+        self,
+        *,
+        labels: Iterable[str] = (),
+        constraint: str = "All",
+        query: Mapping[str, str] | None = None,
+        expand: bool = False,
+        since: int | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Search studies with ``/tools/find`` (by DICOM tags and/or labels)."""
+        body: dict[str, Any] = {
+            "Level": "Study",
+            "Query": dict(query or {}),
+            "Expand": expand,
+        }
+        label_list = list(labels)
+        if label_list:
+            body["Labels"] = label_list
+            body["LabelsConstraint"] = constraint
+        if since is not None:
+            body["Since"] = since
+        if limit is not None:
+            body["Limit"] = limit
+        # /tools/find only reads, so retrying it is safe.
+        result: list[Any] = self.json("POST", "/tools/find", json=body, idempotent=True)
+        return result
+
+    def lookup_study(self, study_instance_uid: str) -> str | None:
+        """Return the Orthanc id of the study with this StudyInstanceUID, or None."""
+        found = self.find_studies(query={"StudyInstanceUID": study_instance_uid})
+        return str(found[0]) if found else None
+
+
+def _orthanc_details(response: requests.Response) -> dict[str, Any] | None:
+    """Keep Orthanc's own short error description (it never contains our credentials)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict):
+        keep = {k: body[k] for k in ("Message", "OrthancError", "Details") if k in body}
+        return keep or None
+    return None
+
+
+class OrthancServers:
+    """The configured Orthanc servers, by id; the first one is the default."""
+
+    def __init__(self, servers: Iterable[OrthancServer]) -> None:
+        self._clients: dict[str, OrthancClient] = {}
+        for server in servers:
+            if server.id in self._clients:
+                raise ConfigError(f"AUTHSVC_ORTHANC_SERVERS: duplicate server id {server.id!r}")
+            self._clients[server.id] = OrthancClient(server)
+
+    def __iter__(self) -> Iterator[OrthancClient]:
+        return iter(self._clients.values())
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def get(self, server_id: str | None) -> OrthancClient | None:
+        """Return the client for ``server_id`` (None/empty: the default server), or None."""
+        if not server_id:
+            return next(iter(self._clients.values()), None)
+        return self._clients.get(server_id)
+
+    def ids(self) -> list[str]:
+        """Return the configured server ids."""
+        return list(self._clients)
+
+
+def servers_from_settings(
+    url: str,
+    server_id: str,
+    username: str,
+    password: str,
+    extra: Iterable[Mapping[str, Any]],
+    *,
+    timeout: float,
+    retries: int,
+) -> list[OrthancServer]:
+    """Build the server list from the ``orthanc_*`` settings; raise ConfigError on bad entries."""
+    servers = []
+    if url:
+        servers.append(
+            OrthancServer(
+                id=server_id,
+                url=url,
+                username=username,
+                password=password,
+                timeout=timeout,
+                retries=retries,
+            )
+        )
+    for index, entry in enumerate(extra):
+        entry_url = entry.get("url")
+        entry_id = entry.get("id")
+        if not isinstance(entry_id, str) or not entry_id:
+            raise ConfigError(f'AUTHSVC_ORTHANC_SERVERS: entry {index} needs a non-empty "id"')
+        if not isinstance(entry_url, str) or not entry_url.startswith(("http://", "https://")):
+            raise ConfigError(f'AUTHSVC_ORTHANC_SERVERS: entry {index} needs an http(s) "url"')
+        servers.append(
+            OrthancServer(
+                id=entry_id,
+                url=entry_url.rstrip("/"),
+                username=str(entry.get("username", "")),
+                password=str(entry.get("password", "")),
+                timeout=float(entry.get("timeout", timeout)),
+                retries=int(entry.get("retries", retries)),
+            )
+        )
+    return servers

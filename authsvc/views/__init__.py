@@ -1,0 +1,17 @@
+"""authsvc.views: the HTTP edge, the only package that touches ``request``, ``g`` or ``session``.
+
+Views are thin: parse the request, load data, ask ``authsvc.policy``, act, serialise.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from authsvc.views import ops
+from authsvc.views import requests as request_hooks
+
+
+def register_blueprints(app: Flask) -> None:
+    """Register every blueprint and the per-request hooks."""
+    request_hooks.init_app(app)
+    app.register_blueprint(ops.bp)

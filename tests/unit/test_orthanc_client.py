@@ -1,0 +1,144 @@
+"""The Orthanc client: credentials, timeouts, bounded retries, one domain error per failure."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import requests_mock as rm
+
+from authsvc.errors import ConfigError
+from authsvc.errors import OrthancError
+from authsvc.errors import OrthancUnavailable
+from authsvc.orthanc import OrthancClient
+from authsvc.orthanc import OrthancServer
+from authsvc.orthanc import OrthancServers
+from authsvc.orthanc import servers_from_settings
+
+pytestmark = pytest.mark.unit
+
+URL = "http://orthanc.test:8042"
+
+
+@pytest.fixture
+def client() -> OrthancClient:
+    server = OrthancServer(id="main", url=URL, username="svc", password="pw-insecure", retries=2)
+    return OrthancClient(server, backoff=0)
+
+
+def test_sends_service_credentials(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/system", json={"Version": "1.12.7"})
+        assert client.system()["Version"] == "1.12.7"
+        assert mock.last_request.headers["Authorization"].startswith("Basic ")
+
+
+def test_idempotent_calls_are_retried_then_succeed(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(
+            f"{URL}/studies/s1/labels",
+            [{"exc": requests.ConnectionError}, {"status_code": 503}, {"json": ["a"]}],
+        )
+        assert client.study_labels("s1") == ["a"]
+        assert mock.call_count == 3
+
+
+def test_retries_are_bounded(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.put(f"{URL}/studies/s1/labels/x", exc=requests.ConnectTimeout)
+        with pytest.raises(OrthancUnavailable, match="timed out"):
+            client.add_label("s1", "x")
+        assert mock.call_count == 3  # 1 + retries
+
+
+def test_non_idempotent_calls_are_not_retried(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/reset", exc=requests.ConnectionError)
+        with pytest.raises(OrthancUnavailable, match="unreachable"):
+            client.request("POST", "/tools/reset")
+        assert mock.call_count == 1
+
+
+def test_4xx_is_an_orthanc_error_with_status(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(
+            f"{URL}/studies/nope/labels", status_code=404, json={"Message": "Unknown resource"}
+        )
+        with pytest.raises(OrthancError) as info:
+            client.study_labels("nope")
+    assert info.value.orthanc_status == 404
+    assert info.value.details == {"Message": "Unknown resource"}
+    assert info.value.status == 502
+
+
+def test_5xx_after_retries_is_unavailable(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/system", status_code=500)
+        with pytest.raises(OrthancUnavailable, match="answered 500"):
+            client.system()
+
+
+def test_errors_never_contain_credentials(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/system", exc=requests.ConnectionError(f"http://svc:pw-insecure@{URL}"))
+        with pytest.raises(OrthancUnavailable) as info:
+            client.system()
+    assert "pw-insecure" not in str(info.value)
+
+
+def test_non_json_answer(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/system", text="<html>proxy error</html>")
+        with pytest.raises(OrthancError, match="non-JSON"):
+            client.system()
+
+
+def test_find_studies_by_label(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/find", json=["st1"])
+        assert client.find_studies(labels=["album-x"], constraint="Any") == ["st1"]
+        assert mock.last_request.json() == {
+            "Level": "Study",
+            "Query": {},
+            "Expand": False,
+            "Labels": ["album-x"],
+            "LabelsConstraint": "Any",
+        }
+
+
+def test_lookup_study(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/find", [{"json": ["st1"]}, {"json": []}])
+        assert client.lookup_study("1.2.3") == "st1"
+        assert client.lookup_study("1.2.4") is None
+
+
+def test_registry_from_settings() -> None:
+    servers = OrthancServers(
+        servers_from_settings(
+            URL,
+            "",
+            "u",
+            "p",
+            [{"id": "research", "url": "http://other:8042/", "password": "q"}],
+            timeout=5,
+            retries=1,
+        )
+    )
+    assert servers.ids() == ["", "research"]
+    assert servers.get(None) is servers.get("")
+    research = servers.get("research")
+    assert research is not None and research.server.url == "http://other:8042"
+    assert servers.get("unknown") is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([{"url": "http://x"}], 'entry 0 needs a non-empty "id"'),
+        ([{"id": "a", "url": "ftp://x"}], 'entry 0 needs an http\\(s\\) "url"'),
+        ([{"id": "a", "url": "http://x"}, {"id": "a", "url": "http://y"}], "duplicate server id"),
+    ],
+)
+def test_bad_server_entries_name_the_key(extra: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^AUTHSVC_ORTHANC_SERVERS: .*{message}"):
+        OrthancServers(servers_from_settings("", "", "", "", extra, timeout=5, retries=1))
