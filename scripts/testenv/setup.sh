@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Install everything authsvc's integration tests start for real (tests/integration):
+#   Orthanc >= 1.12 (+ DICOMweb, Python plugins)   private trixie tree, see install-orthanc.sh
+#   nginx with auth_request                         Debian package, run later as a private instance
+#   Chromium                                        Debian package, driven by PyPI playwright
+#   test OIDC provider                              npm ci in scripts/testenv/idp
+#   PostgreSQL server binaries                      Debian package, for a private cluster if needed
+#
+# Safe to re-run and quick when everything is present: apt is consulted only when a package is
+# missing. Any component that cannot be installed makes this exit non-zero. It never runs
+# "playwright install" (that downloads a browser from outside the allowed registries).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+min_node_major=20   # oidc-provider 9 needs a current Node; bookworm's nodejs 18 is too old
+
+die() {
+    echo "setup: $*" >&2
+    exit 1
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+have_nginx() { command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]; }
+nginx_bin() { command -v nginx || echo /usr/sbin/nginx; }
+have_postgres_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+apt_install() {
+    # Packages such as nginx and postgresql start a system service from their postinst. The
+    # tests run their own private instances, so keep the system ones down: an exit-101
+    # policy-rc.d is Debian's switch for that. An existing policy is left as it is.
+    local policy=/usr/sbin/policy-rc.d added_policy=
+    if [[ ! -e $policy ]]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy"
+        added_policy=1
+    fi
+    local rc=0
+    {
+        as_root apt-get -qq -o DPkg::Lock::Timeout=120 update &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=120 \
+            install --no-install-recommends "$@" >/dev/null
+    } || rc=$?
+    if [[ -n $added_policy ]]; then
+        as_root rm -f "$policy"
+    fi
+    [[ $rc -eq 0 ]] || die "apt-get install $* failed (exit $rc)"
+}
+
+# --- Orthanc: private tree, never the host's package database
+"$here/install-orthanc.sh" >/dev/null || die "install-orthanc.sh failed"
+
+# --- Debian packages: collect what is missing so apt-get update runs at most once
+missing=()
+have_nginx || missing+=(nginx)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+have_postgres_server || missing+=(postgresql)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if ((${#missing[@]})); then
+    echo "setup: installing from apt: ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+have_nginx || die "nginx is still missing after apt-get install"
+# The authorization gateway depends on this module; a build without it is useless here.
+"$(nginx_bin)" -V 2>&1 | grep -q -- '--with-http_auth_request_module' ||
+    die "$(nginx_bin) lacks --with-http_auth_request_module"
+[[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is still missing after apt-get install"
+have_postgres_server || die "no /usr/lib/postgresql/*/bin/initdb after apt-get install"
+(($(node_major) >= min_node_major)) ||
+    die "node $(node -v 2>/dev/null || echo missing) is too old; oidc-provider needs >= $min_node_major"
+
+# --- test OIDC provider: reinstall whenever the lockfile changed since the last npm ci
+idp=$here/idp
+lock_sum=$(sha256sum "$idp/package-lock.json" | cut -d' ' -f1)
+stamp=$idp/node_modules/.authsvc-lock.sha256
+if [[ ! -d $idp/node_modules/oidc-provider || $(cat "$stamp" 2>/dev/null) != "$lock_sum" ]]; then
+    (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || die "npm ci in $idp failed"
+    echo "$lock_sum" >"$stamp"
+fi
+
+# --- one line per component, so a CI log shows exactly what the tests ran against
+orthanc_version=$("$here/orthanc.sh" --version)
+orthanc_version=${orthanc_version%%$'\n'*}
+postgres_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+printf '%-14s %s\n' \
+    orthanc "${orthanc_version##* }" \
+    nginx "$("$(nginx_bin)" -v 2>&1 | sed 's/^nginx version: //')" \
+    chromium "$(/usr/bin/chromium --version 2>/dev/null | head -n1)" \
+    node "$(node -v)" \
+    oidc-provider "$(cd "$idp" && node -p 'require("./node_modules/oidc-provider/package.json").version')" \
+    postgresql "$("$postgres_bin/postgres" --version)"
