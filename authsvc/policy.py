@@ -1,0 +1,604 @@
+"""authsvc.policy: every "may this actor do that?" answer, in one pure module.
+
+Deny by default, decide in one place: the JSON API, the admin pages, the upload endpoint, the
+plugin callbacks and the nginx gate all ask :func:`decide` (or :func:`decide_token_access` for
+share links and album read tokens). Views load what the rules need (the actor's album role, the
+owner count, whether the actor can see a study…), call the policy, and act on the
+:class:`Decision`. No I/O, no Flask: a bug in a view can at worst fail closed.
+
+The rules are data: :data:`ALBUM_RULES` (album actions) and :data:`GATE_RULES` (what a request
+through the nginx gate may do to Orthanc). Any action in neither table is denied.
+
+Album roles are ordered ``owner ⊃ manager ⊃ contributor ⊃ viewer``:
+
+======================  ===========  ==========================================================
+action                  least role   extra conditions (apply to global admins too, see below)
+======================  ===========  ==========================================================
+album:create            (none)       actor is authenticated
+album:view              viewer
+album:studies:list      viewer
+album:members:list      viewer
+album:leave             viewer       actor is a member; the last owner cannot leave
+album:upload            contributor
+album:study:add         contributor  the actor can already see the study
+album:upload-token:*    contributor  list/revoke others' tokens: manager
+album:study:remove      manager
+album:member:invite     manager      granting owner: owner
+album:member:remove     manager      removing an owner: owner; never the last owner
+album:member:role       manager      touching an owner or granting owner: owner; the last
+                                     owner cannot be demoted
+album:share-link:*      manager
+album:read-token:*      manager
+album:edit              owner
+album:delete            owner
+======================  ===========  ==========================================================
+
+Why the non-obvious rules:
+
+* **Non-members get a concealed denial** (``Denied.conceal``): callers answer 404, not 403, so
+  album ids cannot be probed for existence.
+* **Nobody adds a study they cannot already see.** Adding a study attaches the album's label to
+  it, which shows it to every member. Without this rule an album would be a way to read any
+  study whose id one can guess, or to leak it to others. It binds global admins too (they see
+  everything, so for them it only refuses studies that do not exist).
+* **Managers cannot make, change or remove owners.** Owners can delete the album and remove
+  anyone; if a manager could create owners, the manager role would be the owner role one step
+  removed, and a manager could lock the real owners out.
+* **The last owner cannot leave, be removed or be demoted** (also for global admins). An album
+  always has someone who can rename, delete and manage it without calling an administrator;
+  ownership is handed over by first making another owner.
+* **Contributors see and revoke only the upload tokens they issued**; managers see all. An
+  upload token is a credential for the album: the person who made it must be able to kill it,
+  and those who run the album must be able to kill any of them.
+* **Share links and album read tokens need a manager.** They give read access to people who
+  are not members, i.e. they widen the audience, which is what managers decide.
+* **Only global admins delete from Orthanc** (``gate:resource:delete``). Albums are views on a
+  shared archive; a study may sit in several albums and serve other projects. Removing it
+  from an album (``album:study:remove``) is the album-level "delete".
+
+Global admins (``Actor.is_global_admin``) may do everything the table allows any role, on any
+album, member or not, except what would break the two invariants above (last owner, visible
+study) and leaving an album they are not a member of.
+
+The gate table (:data:`GATE_RULES`) follows the plugin's permission names (protocol spec §4.5):
+album membership gives access to the album's studies by itself (viewer: read; contributor:
+upload into them; manager: modify them, if the actor also holds Orthanc's ``modify``
+permission, because a modification may replace the original); role-config labels and "all
+labels" give access only together with the matching Orthanc permission, as the plugin would.
+Server-wide listing is for admins and for actors who see every study anyway (``*`` labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import ClassVar
+
+from authsvc.orthanc_routes import Capability
+from authsvc.orthanc_routes import RouteKind
+from authsvc.orthanc_routes import RouteTarget
+
+__all__ = [
+    "ALBUM_RULES",
+    "GATE_RULES",
+    "NO_TARGET",
+    "Action",
+    "Actor",
+    "AlbumRole",
+    "AlbumRule",
+    "Allowed",
+    "Decision",
+    "Denied",
+    "GateRule",
+    "Target",
+    "TokenKind",
+    "decide",
+    "decide_token_access",
+    "gate_action",
+]
+
+
+# --- vocabulary ------------------------------------------------------------------------------
+
+
+class AlbumRole(StrEnum):
+    """A member's role in an album, from most to least powerful.
+
+    Compare roles with :meth:`at_least` or :attr:`rank`, never with ``<``: these are strings,
+    and ``"manager" < "owner"`` is alphabetical order, not power.
+    """
+
+    OWNER = "owner"
+    MANAGER = "manager"
+    CONTRIBUTOR = "contributor"
+    VIEWER = "viewer"
+
+    @property
+    def rank(self) -> int:
+        """Return the role's power: viewer 1, contributor 2, manager 3, owner 4."""
+        return _ROLE_RANK[self]
+
+    def at_least(self, other: AlbumRole) -> bool:
+        """Return True if this role includes everything ``other`` may do."""
+        return _ROLE_RANK[self] >= _ROLE_RANK[other]
+
+
+_ROLE_RANK: Mapping[AlbumRole, int] = MappingProxyType(
+    {AlbumRole.VIEWER: 1, AlbumRole.CONTRIBUTOR: 2, AlbumRole.MANAGER: 3, AlbumRole.OWNER: 4}
+)
+
+
+class Action(StrEnum):
+    """Everything the policy decides, named ``<scope>:<subject>:<verb>``. Keep alphabetized."""
+
+    # The "noqa: S105" marks below: bandit takes "*_TOKEN_*" names for passwords.
+
+    ALBUM_CREATE = "album:create"
+    ALBUM_DELETE = "album:delete"
+    ALBUM_EDIT = "album:edit"
+    ALBUM_LEAVE = "album:leave"
+    ALBUM_MEMBERS_LIST = "album:members:list"
+    ALBUM_MEMBER_INVITE = "album:member:invite"
+    ALBUM_MEMBER_REMOVE = "album:member:remove"
+    ALBUM_MEMBER_ROLE_CHANGE = "album:member:role"
+    ALBUM_READ_TOKEN_CREATE = "album:read-token:create"  # noqa: S105
+    ALBUM_READ_TOKEN_LIST = "album:read-token:list"  # noqa: S105
+    ALBUM_READ_TOKEN_REVOKE = "album:read-token:revoke"  # noqa: S105
+    ALBUM_SHARE_LINK_CREATE = "album:share-link:create"
+    ALBUM_SHARE_LINK_LIST = "album:share-link:list"
+    ALBUM_SHARE_LINK_REVOKE = "album:share-link:revoke"
+    ALBUM_STUDIES_LIST = "album:studies:list"
+    ALBUM_STUDY_ADD = "album:study:add"
+    ALBUM_STUDY_REMOVE = "album:study:remove"
+    ALBUM_UPLOAD = "album:upload"
+    ALBUM_UPLOAD_TOKEN_CREATE = "album:upload-token:create"  # noqa: S105
+    ALBUM_UPLOAD_TOKEN_LIST = "album:upload-token:list"  # noqa: S105
+    ALBUM_UPLOAD_TOKEN_REVOKE = "album:upload-token:revoke"  # noqa: S105
+    ALBUM_VIEW = "album:view"
+    GATE_ADMIN = "gate:admin"
+    GATE_LIST = "gate:server:list"
+    GATE_MALFORMED = "gate:malformed"
+    GATE_RESOURCE_DELETE = "gate:resource:delete"
+    GATE_STATIC = "gate:static"
+    GATE_STUDY_MODIFY = "gate:study:modify"
+    GATE_STUDY_READ = "gate:study:read"
+    GATE_STUDY_WRITE = "gate:study:write"
+    GATE_UPLOAD = "gate:server:upload"
+
+
+class TokenKind(StrEnum):
+    """Kinds of bearer tokens that reach Orthanc (see :func:`decide_token_access`)."""
+
+    #: Viewer publications (stone/ohif/volview/…-viewer-publication): long-lived share links.
+    SHARE_LINK = "share-link"
+    #: viewer-instant-link, download-instant-link: short-lived links OE2 makes for a user.
+    INSTANT_LINK = "instant-link"
+    #: Read access to one album's studies (DICOMweb clients, scripts).
+    ALBUM_READ = "album-read"
+    #: Upload tokens: valid only on authsvc's album upload endpoint, never against Orthanc.
+    UPLOAD = "upload"
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is asking, reduced to what the policy needs. ``subject`` is "" for anonymous."""
+
+    subject: str
+    is_global_admin: bool = False
+    #: Global Orthanc permissions from the role configuration ("view", "upload", "all"…).
+    permissions: frozenset[str] = frozenset()
+    #: True if the actor's authorized labels are ``*`` (every study, labelled or not).
+    sees_all_studies: bool = False
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Return True unless the actor is anonymous."""
+        return bool(self.subject)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Facts about the object of an action that some rules need; absent facts deny.
+
+    * ``owner_count``: owners the album has now (member remove/role change, leave);
+    * ``member_role``: current role of the member acted upon (member remove/role change);
+    * ``new_role``: role being granted (invite, role change);
+    * ``study_visible_to_actor``: the actor can already see the study (study add);
+    * ``study_label_access``: the actor's role-config labels cover the study (gate);
+    * ``token_issued_by_actor``: the upload token(s) concerned were issued by the actor.
+    """
+
+    owner_count: int | None = None
+    member_role: AlbumRole | None = None
+    new_role: AlbumRole | None = None
+    study_visible_to_actor: bool = False
+    study_label_access: bool = False
+    token_issued_by_actor: bool = False
+
+
+#: A target with no facts: enough for actions whose rules need none.
+NO_TARGET = Target()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer: truthy when allowed; ``reason`` says why (safe to log)."""
+
+    reason: str
+    allowed: ClassVar[bool] = False
+
+    def __bool__(self) -> bool:
+        """Return whether the action is allowed."""
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed(Decision):
+    """The action is allowed."""
+
+    allowed: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Denied(Decision):
+    """The action is denied. ``conceal``: answer 404 (the actor may not know the album exists)."""
+
+    allowed: ClassVar[bool] = False
+    conceal: bool = False
+
+
+# --- album rules -----------------------------------------------------------------------------
+
+#: A guard sees (actor, the actor's real album role, the authority the actor acts with, target)
+#: and returns a denial, or None to let the action through.
+Guard = Callable[[Actor, "AlbumRole | None", AlbumRole, Target], "Denied | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlbumRule:
+    """Least album role for an action (None: no membership needed) and its extra guards."""
+
+    min_role: AlbumRole | None
+    guards: tuple[Guard, ...] = ()
+
+
+def _authenticated(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """Anonymous callers create nothing."""
+    return None if actor.is_authenticated else Denied("authentication required")
+
+
+def _member(actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target) -> Denied | None:
+    """Only a member can leave (admins included: there is nothing to leave)."""
+    return None if role is not None else Denied("not a member of this album")
+
+
+def _study_visible(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """A study may be added only by someone who can already see it."""
+    return None if t.study_visible_to_actor else Denied("study not visible to the actor")
+
+
+def _may_grant(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """The role granted must be named; only owners grant ownership."""
+    if t.new_role is None:
+        return Denied("target.new_role is required")
+    if t.new_role is AlbumRole.OWNER and authority is not AlbumRole.OWNER:
+        return Denied("only owners can make owners")
+    return None
+
+
+def _may_touch_member(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """The member's current role must be named; only owners change or remove owners."""
+    if t.member_role is None:
+        return Denied("target.member_role is required")
+    if t.member_role is AlbumRole.OWNER and authority is not AlbumRole.OWNER:
+        return Denied("only owners can change or remove owners")
+    return None
+
+
+def _last_owner_stays(t: Target) -> Denied | None:
+    """Deny when an owner would go away while being the last one (or the count is unknown)."""
+    if t.owner_count is None:
+        return Denied("target.owner_count is required")
+    if t.owner_count <= 1:
+        return Denied("an album keeps at least one owner")
+    return None
+
+
+def _not_removing_last_owner(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """Removing an owner needs another owner to remain."""
+    return _last_owner_stays(t) if t.member_role is AlbumRole.OWNER else None
+
+
+def _not_demoting_last_owner(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """Turning an owner into something else needs another owner to remain."""
+    if t.member_role is AlbumRole.OWNER and t.new_role is not AlbumRole.OWNER:
+        return _last_owner_stays(t)
+    return None
+
+
+def _not_leaving_last_owner(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """An owner may leave only if another owner remains."""
+    return _last_owner_stays(t) if role is AlbumRole.OWNER else None
+
+
+def _own_token_or_manager(
+    actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
+) -> Denied | None:
+    """Contributors handle their own upload tokens; everyone's needs a manager."""
+    if t.token_issued_by_actor or authority.at_least(AlbumRole.MANAGER):
+        return None
+    return Denied("only managers handle upload tokens issued by others")
+
+
+_V, _C, _M, _O = AlbumRole.VIEWER, AlbumRole.CONTRIBUTOR, AlbumRole.MANAGER, AlbumRole.OWNER
+
+#: The album rule table. See the module docstring for the reasons behind the guards.
+ALBUM_RULES: Mapping[Action, AlbumRule] = MappingProxyType(
+    {
+        Action.ALBUM_CREATE: AlbumRule(None, (_authenticated,)),
+        Action.ALBUM_VIEW: AlbumRule(_V),
+        Action.ALBUM_STUDIES_LIST: AlbumRule(_V),
+        Action.ALBUM_MEMBERS_LIST: AlbumRule(_V),
+        Action.ALBUM_LEAVE: AlbumRule(_V, (_member, _not_leaving_last_owner)),
+        Action.ALBUM_UPLOAD: AlbumRule(_C),
+        Action.ALBUM_STUDY_ADD: AlbumRule(_C, (_study_visible,)),
+        Action.ALBUM_UPLOAD_TOKEN_CREATE: AlbumRule(_C),
+        Action.ALBUM_UPLOAD_TOKEN_LIST: AlbumRule(_C, (_own_token_or_manager,)),
+        Action.ALBUM_UPLOAD_TOKEN_REVOKE: AlbumRule(_C, (_own_token_or_manager,)),
+        Action.ALBUM_STUDY_REMOVE: AlbumRule(_M),
+        Action.ALBUM_MEMBER_INVITE: AlbumRule(_M, (_may_grant,)),
+        Action.ALBUM_MEMBER_REMOVE: AlbumRule(_M, (_may_touch_member, _not_removing_last_owner)),
+        Action.ALBUM_MEMBER_ROLE_CHANGE: AlbumRule(
+            _M, (_may_touch_member, _may_grant, _not_demoting_last_owner)
+        ),
+        Action.ALBUM_SHARE_LINK_CREATE: AlbumRule(_M),
+        Action.ALBUM_SHARE_LINK_LIST: AlbumRule(_M),
+        Action.ALBUM_SHARE_LINK_REVOKE: AlbumRule(_M),
+        Action.ALBUM_READ_TOKEN_CREATE: AlbumRule(_M),
+        Action.ALBUM_READ_TOKEN_LIST: AlbumRule(_M),
+        Action.ALBUM_READ_TOKEN_REVOKE: AlbumRule(_M),
+        Action.ALBUM_EDIT: AlbumRule(_O),
+        Action.ALBUM_DELETE: AlbumRule(_O),
+    }
+)
+
+
+def _decide_album(
+    actor: Actor, rule: AlbumRule, album_role: AlbumRole | None, target: Target
+) -> Decision:
+    """Apply an album rule: membership and role first, then the guards."""
+    if actor.is_global_admin:
+        authority = AlbumRole.OWNER  # admins act with an owner's authority on every album
+    elif rule.min_role is None:
+        authority = album_role or AlbumRole.VIEWER  # unused by the guards of such rules
+    elif album_role is None:
+        return Denied("not a member of this album", conceal=True)
+    elif not album_role.at_least(rule.min_role):
+        return Denied(f"needs album role {rule.min_role} or higher")
+    else:
+        authority = album_role
+    for guard in rule.guards:
+        denial = guard(actor, album_role, authority, target)
+        if denial is not None:
+            return denial
+    return Allowed("global admin" if actor.is_global_admin else f"album role {authority}")
+
+
+# --- gate rules ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateRule:
+    """Who may do a gate action. Global admins may do every action except ``never`` ones.
+
+    ``album_min_role``: album membership at this role (on an album holding the study) grants
+    the action, with one of ``permissions`` too if ``album_needs_permission``. Otherwise one of
+    ``permissions`` is needed together with one of: nothing else (``permission_alone``), the
+    study being under the actor's role-config labels (``via_labels``), or the actor seeing every
+    study (``via_all_studies``).
+    """
+
+    never: bool = False
+    anyone: bool = False
+    album_min_role: AlbumRole | None = None
+    album_needs_permission: bool = False
+    permissions: frozenset[str] = frozenset()
+    permission_alone: bool = False
+    via_labels: bool = False
+    via_all_studies: bool = False
+
+
+def _perms(*names: str) -> frozenset[str]:
+    """Return Orthanc permission names plus "all", which every plugin entry accepts."""
+    return frozenset({"all", *names})
+
+
+#: The gate rule table: what a request through nginx may do to Orthanc.
+GATE_RULES: Mapping[Action, GateRule] = MappingProxyType(
+    {
+        # Path tricks and unparsable requests: nobody, admins included; nothing odd is forwarded.
+        Action.GATE_MALFORMED: GateRule(never=True),
+        Action.GATE_STATIC: GateRule(anyone=True),
+        Action.GATE_STUDY_READ: GateRule(
+            album_min_role=_V, permissions=_perms("view"), via_labels=True, via_all_studies=True
+        ),
+        Action.GATE_STUDY_WRITE: GateRule(
+            album_min_role=_C, permissions=_perms("upload"), via_labels=True, via_all_studies=True
+        ),
+        Action.GATE_STUDY_MODIFY: GateRule(
+            album_min_role=_M,
+            album_needs_permission=True,
+            permissions=_perms("modify"),
+            via_labels=True,
+            via_all_studies=True,
+        ),
+        Action.GATE_RESOURCE_DELETE: GateRule(),
+        Action.GATE_LIST: GateRule(permissions=_perms("view"), via_all_studies=True),
+        # Uploads to Orthanc at large (POST /instances, STOW-RS): as the plugin allows them.
+        # Album contributors upload through authsvc's album endpoint, which labels the data.
+        Action.GATE_UPLOAD: GateRule(permissions=_perms("upload"), permission_alone=True),
+        Action.GATE_ADMIN: GateRule(),
+    }
+)
+
+
+def _decide_gate(
+    actor: Actor, rule: GateRule, album_role: AlbumRole | None, target: Target
+) -> Decision:
+    """Apply a gate rule."""
+    if rule.never:
+        return Denied("malformed request")
+    if rule.anyone:
+        return Allowed("open route")
+    if actor.is_global_admin:
+        return Allowed("global admin")
+    has_permission = not actor.permissions.isdisjoint(rule.permissions)
+    if (
+        rule.album_min_role is not None
+        and album_role is not None
+        and album_role.at_least(rule.album_min_role)
+        and (has_permission or not rule.album_needs_permission)
+    ):
+        return Allowed(f"album role {album_role}")
+    if has_permission:
+        if rule.permission_alone:
+            return Allowed("orthanc permission")
+        if rule.via_labels and target.study_label_access:
+            return Allowed("orthanc permission on a study under the actor's labels")
+        if rule.via_all_studies and actor.sees_all_studies:
+            return Allowed("orthanc permission on every study")
+    return Denied("not allowed through the gate")
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def decide(
+    actor: Actor,
+    action: Action,
+    *,
+    album_role: AlbumRole | None = None,
+    target: Target = NO_TARGET,
+) -> Decision:
+    """Return whether ``actor`` may do ``action``; deny anything no rule covers.
+
+    ``album_role`` is the actor's role in the album concerned (None: not a member). For gate
+    actions it is the best role the actor holds in any album whose label the study carries.
+    """
+    album_rule = ALBUM_RULES.get(action)
+    if album_rule is not None:
+        return _decide_album(actor, album_rule, album_role, target)
+    gate_rule = GATE_RULES.get(action)
+    if gate_rule is not None:
+        return _decide_gate(actor, gate_rule, album_role, target)
+    return Denied("no rule for this action")
+
+
+_GATE_RESOURCE_ACTIONS: Mapping[Capability, Action] = MappingProxyType(
+    {
+        Capability.READ: Action.GATE_STUDY_READ,
+        Capability.WRITE: Action.GATE_STUDY_WRITE,
+        Capability.MODIFY: Action.GATE_STUDY_MODIFY,
+        Capability.DELETE: Action.GATE_RESOURCE_DELETE,
+    }
+)
+_GATE_SERVER_WIDE_ACTIONS: Mapping[Capability, Action] = MappingProxyType(
+    {
+        Capability.READ: Action.GATE_LIST,
+        Capability.WRITE: Action.GATE_UPLOAD,
+        Capability.MODIFY: Action.GATE_ADMIN,
+        Capability.DELETE: Action.GATE_ADMIN,
+    }
+)
+
+
+def gate_action(target: RouteTarget) -> Action:
+    """Return the gate action a classified request amounts to.
+
+    Unknown (well-formed but unlisted) routes are admin-only: admins may use any Orthanc route,
+    everybody else is denied by default. Malformed requests are denied to everyone.
+    """
+    kind = target.kind
+    if kind is RouteKind.RESOURCE:
+        # A RESOURCE target without resources cannot be checked per study: admins only.
+        if not target.resources:
+            return Action.GATE_ADMIN
+        return _GATE_RESOURCE_ACTIONS[target.capability]
+    if kind is RouteKind.SERVER_WIDE:
+        return _GATE_SERVER_WIDE_ACTIONS[target.capability]
+    if kind is RouteKind.STATIC:
+        return Action.GATE_STATIC
+    if kind is RouteKind.ADMIN_ONLY or kind is RouteKind.UNKNOWN:
+        return Action.GATE_ADMIN
+    return Action.GATE_MALFORMED
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+_READ_HTTP_METHODS = frozenset({"GET", "HEAD"})
+_READ_TOKEN_KINDS = frozenset({TokenKind.SHARE_LINK, TokenKind.INSTANT_LINK, TokenKind.ALBUM_READ})
+
+
+def decide_token_access(
+    token_kind: TokenKind,
+    http_method: str | None,
+    orthanc_internal_method: str | None,
+    *,
+    capability: Capability | None = None,
+    allow_internal_post: bool = True,
+) -> Decision:
+    """Return whether a token of ``token_kind`` may be used for this request's method.
+
+    Only the method side: whether the token covers the study is decided where tokens are
+    decoded. Read tokens (share links, instant links, album read tokens) read, never write,
+    modify or delete.
+
+    * Gate path: ``http_method`` is the client's real method (upper case) and ``capability``
+      the classified route's; allowed only for GET/HEAD on a read route.
+    * Plugin path (``/tokens/validate``): ``orthanc_internal_method`` is the plugin's
+      ``method`` field (lower case). ``"get"`` is allowed. ``"post"`` is allowed unless
+      ``allow_internal_post`` is False, because the plugin validates its own ``/tools/find``
+      lookup, which the DICOMweb plugin runs for every WADO/QIDO request of a token holder,
+      with ``"post"`` (protocol spec §3.1, §14). The plugin does not tell that lookup apart
+      from a client POST on the same study (e.g. ``/studies/{id}/modify``); deployments that
+      must close that gap put the nginx gate in front, which sees the real method and route.
+    * ``"put"``, ``"delete"``, anything else, or no method at all: denied.
+
+    Upload tokens never pass here: they are honoured only by authsvc's album upload endpoint.
+    """
+    if token_kind not in _READ_TOKEN_KINDS:
+        return Denied("this token kind cannot be used against Orthanc")
+    if http_method is None and orthanc_internal_method is None:
+        return Denied("request method unknown")
+    if http_method is not None:
+        if http_method not in _READ_HTTP_METHODS:
+            return Denied("read tokens only allow GET")
+        if capability is not None and capability is not Capability.READ:
+            return Denied("read tokens only allow reading")
+    if orthanc_internal_method is not None:
+        if orthanc_internal_method == "post":
+            if not allow_internal_post:
+                return Denied("internal post lookups are disabled")
+        elif orthanc_internal_method != "get":
+            return Denied("read tokens only allow reading")
+    return Allowed("read-only use of a read token")

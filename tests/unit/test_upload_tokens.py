@@ -1,0 +1,283 @@
+"""Unit tests for authsvc.upload_tokens: upload and album-read tokens over sealing."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authsvc import sealing
+from authsvc import upload_tokens
+from authsvc.errors import TokenExpired
+from authsvc.errors import TokenInvalid
+from authsvc.errors import ValidationFailed
+from authsvc.sealing import ANY_SERVER
+from authsvc.sealing import KeyRing
+from authsvc.sealing import Purpose
+from authsvc.upload_tokens import AlbumTokenClaims
+
+pytestmark = pytest.mark.unit
+
+RING_KEY = b"insecure-upload-test-key-0000000"
+RING = KeyRing([("k1", RING_KEY)])
+OTHER_RING = KeyRing([("k1", b"insecure-upload-test-key-1111111")])
+NOW = datetime(2025, 6, 1, 8, 30, 15, 400_000, tzinfo=UTC)
+START = datetime(2025, 6, 1, 8, 30, 15, tzinfo=UTC)
+WEEK = timedelta(days=7)
+
+ISSUE = {
+    Purpose.UPLOAD: upload_tokens.issue_upload_token,
+    Purpose.ALBUM_READ: upload_tokens.issue_album_read_token,
+}
+OPEN = {
+    Purpose.UPLOAD: upload_tokens.open_upload_token,
+    Purpose.ALBUM_READ: upload_tokens.open_album_read_token,
+}
+
+
+def make(purpose: Purpose = Purpose.UPLOAD, **overrides: Any) -> str:
+    fields: dict[str, Any] = {
+        "token_id": "tok-1",
+        "album_id": "album-42",
+        "server_id": None,
+        "issuer": "user-sub-1",
+        "lifetime": WEEK,
+        "now": NOW,
+    }
+    fields.update(overrides)
+    return ISSUE[purpose](RING, **fields)
+
+
+@pytest.mark.parametrize("purpose", [Purpose.UPLOAD, Purpose.ALBUM_READ])
+def test_round_trip(purpose: Purpose) -> None:
+    token = make(purpose, server_id="orthanc-a")
+    assert sealing.token_purpose(token) is purpose
+    claims = OPEN[purpose](RING, token, now=NOW)
+    assert claims == AlbumTokenClaims(
+        purpose=purpose,
+        token_id="tok-1",
+        album_id="album-42",
+        server_id="orthanc-a",
+        issuer="user-sub-1",
+        not_before=START,
+        expires_at=START + WEEK,
+        key_id="k1",
+    )
+
+
+def test_issue_is_the_upload_issuer() -> None:
+    token = upload_tokens.issue(
+        RING,
+        token_id="t",
+        album_id="a",
+        server_id=None,
+        issuer="i",
+        lifetime=WEEK,
+        now=NOW,
+    )
+    assert upload_tokens.open_upload_token(RING, token, now=NOW).purpose is Purpose.UPLOAD
+    assert upload_tokens.UploadTokenClaims is AlbumTokenClaims
+
+
+def test_tokens_stay_short_enough_for_a_command_line() -> None:
+    token = make(
+        token_id=sealing.new_token_id(),
+        album_id="7f1c2a9e-1111-2222-3333-444455556666",
+        issuer="3cd50e87-a0e6-40a4-bebf-3eab0cb7b6c0",
+        server_id="orthanc-main",
+    )
+    assert len(token) < 300
+
+
+@pytest.mark.parametrize(
+    ("sealed_as", "opened_as"),
+    [(Purpose.UPLOAD, Purpose.ALBUM_READ), (Purpose.ALBUM_READ, Purpose.UPLOAD)],
+)
+def test_upload_and_read_tokens_never_mix(sealed_as: Purpose, opened_as: Purpose) -> None:
+    with pytest.raises(TokenInvalid) as caught:
+        OPEN[opened_as](RING, make(sealed_as), now=NOW)
+    assert type(caught.value) is TokenInvalid
+
+
+@pytest.mark.parametrize("purpose", [Purpose.UPLOAD, Purpose.ALBUM_READ])
+def test_share_tokens_are_not_album_tokens(purpose: Purpose) -> None:
+    share = sealing.seal(
+        RING,
+        Purpose.SHARE,
+        {"jti": "t", "alb": "a", "srv": None, "iss": "i", "exp": 2_000_000_000},
+        now=NOW,
+    )
+    with pytest.raises(TokenInvalid):
+        OPEN[purpose](RING, share, now=NOW)
+
+
+def test_generic_functions_refuse_the_share_purpose() -> None:
+    with pytest.raises(ValueError):
+        upload_tokens.issue_album_token(
+            RING,
+            Purpose.SHARE,
+            token_id="t",
+            album_id="a",
+            server_id=None,
+            issuer="i",
+            lifetime=WEEK,
+            now=NOW,
+        )
+    with pytest.raises(ValueError):
+        upload_tokens.open_album_token(RING, Purpose.SHARE, make(), now=NOW)
+
+
+def test_wrong_key_is_invalid() -> None:
+    with pytest.raises(TokenInvalid):
+        upload_tokens.open_upload_token(OTHER_RING, make(), now=NOW)
+
+
+def test_tampering_is_invalid() -> None:
+    token = make()
+    for position in range(len(token)):
+        tampered = token[:position] + chr(ord(token[position]) ^ 1) + token[position + 1 :]
+        with pytest.raises(TokenInvalid) as caught:
+            upload_tokens.open_upload_token(RING, tampered, now=NOW)
+        assert type(caught.value) is TokenInvalid
+
+
+@given(st.text())
+def test_garbage_is_invalid(text: str) -> None:
+    with pytest.raises(TokenInvalid) as caught:
+        upload_tokens.open_upload_token(RING, text, now=NOW)
+    assert type(caught.value) is TokenInvalid
+
+
+# --- lifetime -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "valid"),
+    [
+        (START - timedelta(microseconds=1), False),
+        (START, True),
+        (START + WEEK - timedelta(microseconds=1), True),
+        (START + WEEK, False),
+    ],
+)
+def test_lifetime_boundaries(now: datetime, valid: bool) -> None:
+    token = make()
+    if valid:
+        assert upload_tokens.open_upload_token(RING, token, now=now).token_id == "tok-1"
+    else:
+        with pytest.raises(TokenExpired):
+            upload_tokens.open_upload_token(RING, token, now=now)
+
+
+@pytest.mark.parametrize(
+    "lifetime", [timedelta(0), timedelta(seconds=-5), timedelta(milliseconds=999)]
+)
+def test_lifetime_must_be_at_least_a_second(lifetime: timedelta) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        make(lifetime=lifetime)
+    assert caught.value.details == {"lifetime": "too short"}
+
+
+def test_one_second_lifetime_works() -> None:
+    claims = upload_tokens.open_upload_token(RING, make(lifetime=timedelta(seconds=1)), now=NOW)
+    assert claims.expires_at - claims.not_before == timedelta(seconds=1)
+
+
+def test_album_tokens_always_expire() -> None:
+    # Sealed by hand without "exp": a valid sealing token, but not a valid album token.
+    token = sealing.seal(
+        RING, Purpose.UPLOAD, {"jti": "t", "alb": "a", "srv": None, "iss": "i"}, now=NOW
+    )
+    with pytest.raises(TokenInvalid):
+        upload_tokens.open_upload_token(RING, token, now=NOW)
+
+
+# --- validation of issued fields -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("token_id", ""),
+        ("album_id", ""),
+        ("issuer", ""),
+        ("album_id", 42),
+        ("token_id", None),
+        ("server_id", 7),
+    ],
+)
+def test_issue_rejects_bad_fields(field: str, value: Any) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        make(**{field: value})
+    assert field in caught.value.details
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"alb": "a", "srv": None, "iss": "i"},
+        {"jti": 1, "alb": "a", "srv": None, "iss": "i"},
+        {"jti": "t", "srv": None, "iss": "i"},
+        {"jti": "t", "alb": ["a"], "srv": None, "iss": "i"},
+        {"jti": "t", "alb": "a", "srv": 3, "iss": "i"},
+        {"jti": "t", "alb": "a", "srv": None},
+        {"jti": "t", "alb": "a", "srv": None, "iss": None},
+    ],
+)
+def test_authentic_tokens_with_malformed_claims_are_invalid(claims: dict[str, Any]) -> None:
+    token = sealing.seal(RING, Purpose.UPLOAD, {**claims, "exp": 2_000_000_000}, now=NOW)
+    with pytest.raises(TokenInvalid):
+        upload_tokens.open_upload_token(RING, token, now=NOW)
+
+
+# --- server binding -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("issued_for", "expected", "ok"),
+    [
+        ("orthanc-a", "orthanc-a", True),
+        (None, None, True),
+        ("orthanc-a", ANY_SERVER, True),
+        (None, ANY_SERVER, True),
+        ("orthanc-a", "orthanc-b", False),
+        ("orthanc-a", None, False),
+        (None, "orthanc-a", False),
+    ],
+)
+@pytest.mark.parametrize("purpose", [Purpose.UPLOAD, Purpose.ALBUM_READ])
+def test_server_binding(purpose: Purpose, issued_for: str | None, expected: Any, ok: bool) -> None:
+    token = make(purpose, server_id=issued_for)
+    if ok:
+        claims = OPEN[purpose](RING, token, now=NOW, expected_server_id=expected)
+        assert claims.server_id == issued_for
+        return
+    kind = "upload token" if purpose is Purpose.UPLOAD else "album-read token"
+    with pytest.raises(TokenInvalid, match=f"This {kind} was issued for another Orthanc server"):
+        OPEN[purpose](RING, token, now=NOW, expected_server_id=expected)
+
+
+def test_default_is_any_server() -> None:
+    token = make(server_id="orthanc-a")
+    assert upload_tokens.open_upload_token(RING, token, now=NOW).server_id == "orthanc-a"
+
+
+def test_rotation_reports_the_key_that_opened() -> None:
+    old = make()
+    rotated = KeyRing([("k2", b"insecure-upload-test-key-2222222"), ("k1", RING_KEY)])
+    assert upload_tokens.open_upload_token(rotated, old, now=NOW).key_id == "k1"
+    fresh = upload_tokens.issue_upload_token(
+        rotated,
+        token_id="t2",
+        album_id="a",
+        server_id=None,
+        issuer="i",
+        lifetime=WEEK,
+        now=NOW,
+    )
+    assert upload_tokens.open_upload_token(rotated, fresh, now=NOW).key_id == "k2"
