@@ -528,8 +528,10 @@ def start_nginx(state_dir: Path, port: int, upstreams: Mapping[str, str | int]) 
 # ---------------------------------------------------------------------------- gunicorn + app
 
 
-def start_gunicorn_app(state_dir: Path, port: int, env: Mapping[str, str]) -> Service:
-    """Run authsvc under gunicorn on the port with the given AUTHSVC_* environment."""
+def start_gunicorn_app(
+    state_dir: Path, port: int, env: Mapping[str, str], app_spec: str = "authsvc:create_app()"
+) -> Service:
+    """Run authsvc (or ``app_spec``) under gunicorn on the port with the given environment."""
     gunicorn = _require_executable(Path(sys.prefix) / "bin" / "gunicorn", "gunicorn in the venv")
     state_dir.mkdir(parents=True, exist_ok=True)
     child_env = {
@@ -541,7 +543,7 @@ def start_gunicorn_app(state_dir: Path, port: int, env: Mapping[str, str]) -> Se
     }
     service = Service(
         "authsvc",
-        [gunicorn, "-c", "python:authsvc.gunicorn_conf", "authsvc:create_app()"],
+        [gunicorn, "-c", "python:authsvc.gunicorn_conf", app_spec],
         port,
         state_dir / f"authsvc-{port}.log",
         env=child_env,
