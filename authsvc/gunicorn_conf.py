@@ -34,3 +34,7 @@ loglevel = _settings.log_level
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 # The plugin streams its bodies chunked; gunicorn sets wsgi.input_terminated so Flask reads them.
 limit_request_field_size = 16384
+# gunicorn >= 24 opens a control socket at one fixed path (~/.gunicorn/gunicorn.ctl) shared by
+# every instance of the user; several authsvc replicas (or test servers) on one host would
+# fight over it, and authsvc does not use it.
+control_socket_disable = True
