@@ -27,4 +27,21 @@ CREATE INDEX ix_audit_event_actor ON audit_event (actor);
 CREATE INDEX ix_audit_event_action ON audit_event (action);
 CREATE INDEX ix_audit_event_subject ON audit_event (subject);
 
+-- API keys for scripts and service accounts; only the SHA-256 of the secret is kept.
+CREATE TABLE api_key (
+    id              TEXT PRIMARY KEY,       -- public key id (16 hex digits), part of the key
+    secret_hash     TEXT NOT NULL,          -- hex SHA-256 of the 256-bit secret
+    name            TEXT NOT NULL,          -- what the key is for, chosen by its creator
+    kind            TEXT NOT NULL,          -- user | service
+    owner_subject   TEXT NOT NULL,          -- Keycloak sub (user keys) or api-key:<id> (service)
+    owner_username  TEXT NOT NULL,
+    roles           JSONB NOT NULL,         -- role names the key holds
+    created_by      TEXT NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL,
+    expires_at      TIMESTAMPTZ,
+    revoked_at      TIMESTAMPTZ,
+    last_used_at    TIMESTAMPTZ
+);
+CREATE INDEX ix_api_key_owner_subject ON api_key (owner_subject);
+
 INSERT INTO schema_version (version, applied_at) VALUES (1, now());

@@ -276,6 +276,55 @@ class Settings:
         "Keycloak realm URL (the issuer); empty: no OIDC.",
         example="http://keycloak:8080/realms/orthanc",
     )
+    oidc_client_id: str = setting(
+        "",
+        _str,
+        "Keycloak client whose client roles count (`resource_access.<client>.roles`); "
+        "also an accepted audience and `azp`.",
+        example="orthanc",
+    )
+    oidc_audiences: tuple[str, ...] = setting(
+        (),
+        _list,
+        "Accepted `aud` values (comma-separated). Empty: the client id and `account`.",
+        example="orthanc,account",
+    )
+    oidc_discovery_url: str = setting(
+        "",
+        _url,
+        "Discovery document URL. Empty: `<oidc_issuer>/.well-known/openid-configuration`.",
+    )
+    oidc_jwks_url: str = setting(
+        "",
+        _url,
+        "JWKS URL, when the issuer URL is not reachable from authsvc. Empty: from discovery.",
+    )
+    oidc_algorithms: tuple[str, ...] = setting(
+        ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384"),
+        _list,
+        "Accepted JWT signature algorithms (asymmetric only; never `none` or HMAC).",
+        example="RS256,ES256",
+    )
+    oidc_leeway: float = setting(
+        30.0, _float(0.0), "Seconds of clock skew tolerated on `exp`/`nbf`."
+    )
+    oidc_timeout: float = setting(
+        5.0, _float(0.1), "Seconds before a call to the OIDC provider (discovery, JWKS) times out."
+    )
+    api_key_header: str = setting("api-key", _nonempty, "Request header that carries an API key.")
+    admin_roles: tuple[str, ...] = setting(
+        (),
+        _list,
+        "Roles (comma-separated) that make a global admin, besides any role granting `all`.",
+        example="admin",
+    )
+    anonymous_roles: tuple[str, ...] = setting(
+        (),
+        _list,
+        "Roles from the roles configuration granted to callers without credentials "
+        "(empty: anonymous callers get nothing).",
+        example="",
+    )
     readiness_timeout: float = setting(
         2.0, _float(0.1), "Seconds each dependency check of `/readyz` may take."
     )

@@ -90,3 +90,29 @@ class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     outcome: Mapped[str] = mapped_column(Text, nullable=False)
     request_id: Mapped[str | None] = mapped_column(Text, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+    """An API key: only the SHA-256 of its secret is stored (see authsvc.api_keys).
+
+    ``kind`` is ``user`` (acts as ``owner_subject``, the Keycloak ``sub`` of its creator) or
+    ``service`` (a service account an admin created; ``owner_subject`` is ``api-key:<id>``).
+    ``roles`` are the role names the key holds: for a user key, the roles its owner had when
+    creating it (or a chosen subset); for a service key, the roles the admin chose.
+    """
+
+    __tablename__ = "api_key"
+    __table_args__ = (Index("ix_api_key_owner_subject", "owner_subject"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    owner_subject: Mapped[str] = mapped_column(Text, nullable=False)
+    owner_username: Mapped[str] = mapped_column(Text, nullable=False)
+    roles: Mapped[list[str]] = mapped_column(JSONDoc, nullable=False, default=list)
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -7,13 +7,20 @@ one set of HTTP sessions and caches per process instead of building them per req
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
+import requests
 from flask import Flask
 from flask import current_app
 
+from authsvc.api_keys import API_KEY_PREFIX
+from authsvc.authn import Authenticator
 from authsvc.config import Settings
+from authsvc.identity import KeycloakVerifier
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
+from authsvc.roles import RolesConfig
 
 
 @dataclasses.dataclass
@@ -22,6 +29,9 @@ class Services:
 
     settings: Settings
     orthanc: OrthancServers
+    #: None when no OIDC issuer is configured (bearer JWTs are then refused).
+    verifier: KeycloakVerifier | None
+    authenticator: Authenticator
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -37,7 +47,55 @@ def init_app(app: Flask, settings: Settings) -> None:
             retries=settings.orthanc_retries,
         )
     )
-    app.extensions["authsvc"] = Services(settings=settings, orthanc=orthanc)
+    verifier = build_verifier(settings)
+    authenticator = Authenticator(
+        verifier=verifier,
+        roles=_roles_provider(settings),
+        api_key_prefix=API_KEY_PREFIX,
+        admin_roles=settings.admin_roles,
+        anonymous_roles=settings.anonymous_roles,
+    )
+    app.extensions["authsvc"] = Services(
+        settings=settings, orthanc=orthanc, verifier=verifier, authenticator=authenticator
+    )
+
+
+def _roles_provider(settings: Settings) -> Callable[[], RolesConfig]:
+    """Return the function that yields the current roles configuration."""
+    empty = RolesConfig()
+    return lambda: empty
+
+
+def json_fetcher(timeout: float) -> Callable[[str], Any]:
+    """Return ``fetch_json(url)`` for the OIDC provider: one session, timeouts, no redirects.
+
+    Any failure (connection, timeout, HTTP error, non-JSON body) raises; the verifier turns
+    it into IdentityProviderUnavailable, so requests fail closed while the provider is down.
+    """
+    session = requests.Session()
+
+    def fetch_json(url: str) -> Any:
+        response = session.get(url, timeout=timeout, allow_redirects=False)
+        response.raise_for_status()
+        return response.json()
+
+    return fetch_json
+
+
+def build_verifier(settings: Settings) -> KeycloakVerifier | None:
+    """Build the Keycloak token verifier from the settings (no I/O: keys come on first use)."""
+    if not settings.oidc_issuer:
+        return None
+    return KeycloakVerifier(
+        settings.oidc_issuer,
+        client_id=settings.oidc_client_id,
+        fetch_json=json_fetcher(settings.oidc_timeout),
+        audiences=settings.oidc_audiences or None,
+        algorithms=settings.oidc_algorithms,
+        leeway=settings.oidc_leeway,
+        discovery_url=settings.oidc_discovery_url or None,
+        jwks_url=settings.oidc_jwks_url or None,
+    )
 
 
 def services() -> Services:

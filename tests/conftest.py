@@ -74,9 +74,15 @@ def _make_app(config: dict[str, Any], log_stream: io.StringIO) -> Flask:
 
 
 @pytest.fixture
-def app(tmp_path: Any, log_stream: io.StringIO) -> Iterator[Flask]:
+def extra_config() -> dict[str, Any]:
+    """Settings a test module adds to ``app``/``db_app`` (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+def app(tmp_path: Any, log_stream: io.StringIO, extra_config: dict[str, Any]) -> Iterator[Flask]:
     """A fresh app on its own SQLite file."""
-    app = _make_app(base_config(tmp_path), log_stream)
+    app = _make_app(base_config(tmp_path, **extra_config), log_stream)
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -107,10 +113,13 @@ def _psycopg(url: str) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_app(
-    request: pytest.FixtureRequest, tmp_path: Any, log_stream: io.StringIO
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+    log_stream: io.StringIO,
+    extra_config: dict[str, Any],
 ) -> Iterator[Flask]:
     """A fresh app on SQLite, then on a real PostgreSQL (the test runs once for each)."""
-    config = base_config(tmp_path)
+    config = base_config(tmp_path, **extra_config)
     if request.param == "postgresql":
         config["database_url"] = request.getfixturevalue("pg_schema")
     app = _make_app(config, log_stream)

@@ -65,6 +65,7 @@ have_nginx || missing+=(nginx)
 have_postgres_server || missing+=(postgresql)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v wrk >/dev/null || missing+=(wrk)  # load generator of `make bench`
 if ((${#missing[@]})); then
     echo "setup: installing from apt: ${missing[*]}"
     apt_install "${missing[@]}"
