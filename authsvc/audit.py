@@ -22,6 +22,17 @@ from authsvc.models import utcnow
 class AuditAction(StrEnum):
     """Every audited action. Keep the list alphabetised; later features add their tags here."""
 
+    album_create = "album:create"
+    album_delete = "album:delete"
+    album_edit = "album:edit"
+    album_invitation_bind = "album:invitation:bind"
+    album_leave = "album:leave"
+    album_member_add = "album:member:add"
+    album_member_remove = "album:member:remove"
+    album_member_role = "album:member:role"
+    album_reconcile = "album:reconcile"
+    album_study_add = "album:study:add"
+    album_study_remove = "album:study:remove"
     api_key_create = "api-key:create"
     api_key_revoke = "api-key:revoke"
     roles_update = "roles:update"

@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from authsvc.album_labels import validate_prefix
 from authsvc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,15 @@ def _database_url(value: Any) -> str:
     return text
 
 
+def _label_prefix(value: Any) -> str:
+    try:
+        return validate_prefix(_str(value).strip())
+    except ConfigError:
+        raise ValueError(
+            "expected 1 to 32 characters of a-z, 0-9, _ and -, starting with a letter"
+        ) from None
+
+
 def _bind(value: Any) -> str:
     text = _nonempty(value)
     if text.startswith("unix:"):
@@ -269,6 +279,12 @@ class Settings:
     )
     orthanc_retries: int = setting(
         2, _int(0, 10), "Retries of idempotent Orthanc calls after a connection failure."
+    )
+    album_label_prefix: str = setting(
+        "album-",
+        _label_prefix,
+        "Prefix of the Orthanc labels authsvc generates for albums (1-32 of `a-z0-9_-`, "
+        "starting with a letter). Changing it orphans nothing: existing albums keep their label.",
     )
     oidc_issuer: str = setting(
         "",

@@ -155,13 +155,21 @@ class OrthancClient:
         expand: bool = False,
         since: int | None = None,
         limit: int | None = None,
+        requested_tags: Iterable[str] = (),
     ) -> list[Any]:
-        """Search studies with ``/tools/find`` (by DICOM tags and/or labels)."""
+        """Search studies with ``/tools/find`` (by DICOM tags and/or labels).
+
+        ``requested_tags`` (with ``expand``) adds a ``RequestedTags`` object to each answer,
+        computed tags included (``ModalitiesInStudy``, ``NumberOfStudyRelatedInstances``…).
+        """
         body: dict[str, Any] = {
             "Level": "Study",
             "Query": dict(query or {}),
             "Expand": expand,
         }
+        tags = list(requested_tags)
+        if tags:
+            body["RequestedTags"] = tags
         label_list = list(labels)
         if label_list:
             body["Labels"] = label_list
@@ -173,6 +181,45 @@ class OrthancClient:
         # /tools/find only reads, so retrying it is safe.
         result: list[Any] = self.json("POST", "/tools/find", json=body, idempotent=True)
         return result
+
+    def count_studies(self, *, labels: Iterable[str] = (), constraint: str = "All") -> int:
+        """Count studies carrying ``labels`` (``/tools/count-resources``, Orthanc >= 1.12.5).
+
+        Older Orthanc versions lack the route (404): the ids are then listed and counted.
+        """
+        body: dict[str, Any] = {"Level": "Study", "Query": {}}
+        label_list = list(labels)
+        if label_list:
+            body["Labels"] = label_list
+            body["LabelsConstraint"] = constraint
+        try:
+            answer = self.json("POST", "/tools/count-resources", json=body, idempotent=True)
+        except OrthancError as exc:
+            if exc.orthanc_status not in (404, 405):
+                raise
+            return len(self.find_studies(labels=label_list, constraint=constraint))
+        if not isinstance(answer, dict) or not isinstance(answer.get("Count"), int):
+            raise OrthancError(f"Orthanc '{self.server.id}' sent an unexpected count answer.")
+        return int(answer["Count"])
+
+    def get_study(self, study_id: str) -> dict[str, Any] | None:
+        """Return ``/studies/<id>`` (tags, ``Labels``…), or None if there is no such study."""
+        try:
+            study = self.json("GET", f"/studies/{study_id}")
+        except OrthancError as exc:
+            if exc.orthanc_status == 404:
+                return None
+            raise
+        if not isinstance(study, dict):
+            raise OrthancError(f"Orthanc '{self.server.id}' sent an unexpected study answer.")
+        return study
+
+    def all_labels(self) -> list[str]:
+        """Return every label in use on this server (``/tools/labels``)."""
+        labels = self.json("GET", "/tools/labels")
+        if not isinstance(labels, list):
+            raise OrthancError(f"Orthanc '{self.server.id}' sent an unexpected labels answer.")
+        return [str(label) for label in labels]
 
     def lookup_study(self, study_instance_uid: str) -> str | None:
         """Return the Orthanc id of the study with this StudyInstanceUID, or None."""

@@ -53,6 +53,9 @@ def _describe_db(conn: sa.Connection) -> dict[str, Any]:
             "indexes": sorted(
                 (i["name"], tuple(i["column_names"]), bool(i["unique"]))
                 for i in inspector.get_indexes(table)
+                # PostgreSQL backs each UNIQUE constraint with an index; it is compared as a
+                # constraint above, not twice.
+                if not i.get("duplicates_constraint")
             ),
         }
     return out
