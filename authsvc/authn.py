@@ -274,12 +274,18 @@ class Authenticator:
 def album_grants_for(identity: Identity) -> tuple[frozenset[str], frozenset[str]]:
     """Return (labels, permissions) the identity gets from its album memberships.
 
-    THE ALBUMS FEATURE FILLS THIS: it returns the Orthanc labels of every album the identity
-    may view and the read-type permissions that go with them (architecture, "Plugin user
-    mode"). Until then: nothing. Called by :meth:`Authenticator.profile` for every
-    non-anonymous profile, so it must be cheap (cache per request or briefly per process).
+    The Orthanc labels of every album the identity may view — as a user, through a Keycloak
+    group, or through an e-mail invitation for its *verified* e-mail (bound to the user on
+    the way) — and the read-type permissions that go with them (architecture, "Plugin user
+    mode"; never ``edit-labels``). One indexed query (:func:`authsvc.albums.album_grants`),
+    so a membership change reaches the plugin within one profile ``validity``.
     """
-    return frozenset(), frozenset()
+    from authsvc.albums import album_grants
+
+    if identity.is_anonymous or not identity.subject:
+        return frozenset(), frozenset()
+    email = identity.email if identity.email and identity.email_verified else None
+    return album_grants(identity.subject, identity.group_names, email)
 
 
 # --- module-level shortcuts on the current app's authenticator ----------------------------------

@@ -467,3 +467,33 @@ def test_reconcile_retries_pending_labels(ctx: Flask, orthanc: FakeOrthanc) -> N
     report = albums.reconcile(repair=True)
     assert report.retried.applied == 1 and report.clean
     assert label in orthanc.labels_of(study)
+
+
+def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask) -> None:
+    from authsvc import authn
+    from authsvc.identity import ANONYMOUS
+    from authsvc.identity import Identity
+    from authsvc.identity import IdentityKind
+
+    album_id = make_album()
+    label = albums.get_album(ALICE, album_id).album.label
+    albums.invite_member(ALICE, album_id, "group", "/lab", "viewer")
+    albums.invite_member(ALICE, album_id, "email", "eve@example.org", "viewer")
+
+    def person(sub: str, **kw: Any) -> Identity:
+        return Identity(kind=IdentityKind.USER, subject=sub, **kw)
+
+    assert authn.profile_for(person("alice")).labels_list() == [label]
+    assert "view" in authn.profile_for(person("alice")).permissions
+    assert authn.profile_for(person("gus", groups=frozenset({"/lab"}))).labels_list() == [label]
+    # An unverified e-mail binds nothing and sees nothing.
+    unverified = person("eve", email="eve@example.org", email_verified=False)
+    assert authn.profile_for(unverified).labels_list() == []
+    verified = person("eve", email="EVE@example.org", email_verified=True)
+    assert authn.profile_for(verified).labels_list() == [label]
+    assert authn.profile_for(person("eve")).labels_list() == [label]  # bound to the user now
+    assert authn.profile_for(person("mallory")).labels_list() == []
+    assert authn.profile_for(ANONYMOUS).labels_list() == []
+    # Membership removed: the next profile no longer carries the label.
+    albums.remove_member(ALICE, album_id, member_id(album_id, "lab"))
+    assert authn.profile_for(person("gus", groups=frozenset({"lab"}))).labels_list() == []

@@ -23,6 +23,13 @@ from tests import oidc
 
 pytestmark = pytest.mark.unit
 
+
+@pytest.fixture(autouse=True)
+def _no_album_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests have no database: album grants are empty unless a test says otherwise."""
+    monkeypatch.setattr(authn, "album_grants_for", lambda identity: (frozenset(), frozenset()))
+
+
 ROLES = RolesConfig(
     roles={
         "doctor": RoleGrant(frozenset({"view", "download"}), frozenset({"cardio"})),
@@ -165,7 +172,7 @@ def test_anonymous_profile_is_configurable() -> None:
 
 
 def test_album_grants_seam_adds_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert authn.album_grants_for(user()) == (frozenset(), frozenset())
+    # The real seam reads the database (tests/functional/test_albums_service.py covers it).
     calls: list[Identity] = []
 
     def grants(identity: Identity) -> tuple[frozenset[str], frozenset[str]]:
