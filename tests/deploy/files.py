@@ -8,6 +8,7 @@ JSON with ``${VAR}`` placeholders replaced at import.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -138,3 +139,27 @@ INTERPOLATION_NAMES = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 def path_of(repo_relative: str) -> Path:
     """Return the absolute path of a ``./``-relative compose path."""
     return REPO_ROOT / repo_relative.removeprefix("./")
+
+
+def filled_env() -> dict[str, str]:
+    """Return .env.example with fresh secrets, exactly as scripts/deploy/make-env.py fills it."""
+    spec = importlib.util.spec_from_file_location(
+        "make_env", REPO_ROOT / "scripts" / "deploy" / "make-env.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    env = {}
+    for line in module.fill(ENV_EXAMPLE.read_text()).splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    return env
+
+
+def interpolated_environment(
+    compose_file: str, service: str, dotenv: Mapping[str, str]
+) -> dict[str, str]:
+    """Return the environment compose would give the service, interpolated from dotenv."""
+    raw = service_environment(compose(compose_file)["services"][service])
+    return {key: interpolate(value, dotenv) for key, value in raw.items()}

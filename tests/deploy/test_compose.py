@@ -35,25 +35,6 @@ def _validator() -> jsonschema.protocols.Validator:
     return jsonschema.Draft201909Validator(schema)
 
 
-def _filled_env() -> dict[str, str]:
-    """Return .env.example with its CHANGE-ME values replaced the way make-env.py does."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_env", REPO_ROOT / "scripts" / "deploy" / "make-env.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text = module.fill(files.ENV_EXAMPLE.read_text())
-    env = {}
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, _, value = line.partition("=")
-            env[name] = value
-    return env
-
-
 def test_vendored_schema_is_the_recorded_one() -> None:
     """The schema file is exactly the one tests/data/README.md names (source and digest)."""
     import hashlib
@@ -160,7 +141,7 @@ def test_secrets_are_never_literals(name: str) -> None:
 def test_authsvc_accepts_the_environment_compose_gives_it(name: str, tmp_path: Path) -> None:
     """authsvc's own configuration loader accepts the interpolated environment of authsvc."""
     data = files.compose(name)
-    env = _filled_env()
+    env = files.filled_env()
     for service_name in ("authsvc", "authsvc-init"):
         raw = files.service_environment(data["services"][service_name])
         unknown = [

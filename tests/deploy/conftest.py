@@ -1,0 +1,249 @@
+"""Fixtures for the deployment kit's integration checks: a TLS certificate, a stand-in for
+authsvc's HTTP edge, the filled-in .env, and Orthanc started on the kit's configuration files."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import services
+from tests.deploy import files
+
+
+@pytest.fixture(scope="session")
+def dotenv() -> dict[str, str]:
+    """One filled-in .env for the session."""
+    return files.filled_env()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key."""
+
+    certificate: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Write a throw-away certificate that requests can verify (``verify=certificate``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return TlsFiles(cert_path, key_path)
+
+
+# ---------------------------------------------------------------- stand-in for authsvc
+
+
+@dataclass
+class Seen:
+    """One request the stand-in received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class StubAuthsvc:
+    """Records requests; answers GET /gate/auth from the Authorization header, 200 otherwise.
+
+    ``Bearer allow`` -> 204, ``Bearer deny`` -> 403, anything else -> 401 with a
+    ``WWW-Authenticate`` challenge. This tests nginx's side of the contract only; the real
+    decisions are authsvc's and are tested with authsvc itself.
+    """
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def requests_to(self, prefix: str) -> list[Seen]:
+        """Return the recorded requests whose path starts with prefix."""
+        return [s for s in self.seen if s.path.startswith(prefix)]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    stub: StubAuthsvc
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.stub.seen.append(Seen(self.command, self.path, headers, body))
+        if self.path == "/gate/auth":
+            status = {"Bearer allow": 204, "Bearer deny": 403}.get(
+                headers.get("authorization", ""), 401
+            )
+            self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="authsvc"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        payload = json.dumps({"stub": "authsvc", "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Keep the test output quiet."""
+
+
+@pytest.fixture(scope="session")
+def stub_authsvc() -> Iterator[StubAuthsvc]:
+    """A stand-in for authsvc's HTTP edge on a loopback port, in a thread of the test run."""
+    stub = StubAuthsvc(port=0)
+    handler = type("Handler", (_Handler,), {"stub": stub})
+    server = ThreadingHTTPServer((services.LOOPBACK, 0), handler)
+    stub.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield stub
+    server.shutdown()
+    server.server_close()
+
+
+# ---------------------------------------------------------------- Orthanc on the kit's files
+
+
+class KitOrthanc(services.Service):
+    """Orthanc started on a copy of config/orthanc/ (see :func:`start_kit_orthanc`)."""
+
+    config_dir: Path
+
+
+def start_kit_orthanc(
+    state_dir: Path, variant_file: str, env: dict[str, str], name: str
+) -> KitOrthanc:
+    """Start the test environment's Orthanc on config/orthanc/orthanc.json + one variant file.
+
+    Orthanc reads the files itself, as a configuration directory: comments, the merge of
+    several files, the refusal of duplicate sections and the ``${VAR}`` expansion are all
+    Orthanc's own. Exactly three literal values of orthanc.json are changed, because they
+    describe the container: the storage path becomes a private directory, the port a free one,
+    and remote access is turned off (this machine's Orthanc must answer loopback clients only).
+    One extra file adds what the test environment needs: the DICOMweb plugin's path and a
+    locale that exists here. The test environment has no PostgreSQL index plugin, no
+    authorization plugin and no Orthanc Explorer 2: their sections are read and ignored, which
+    is exactly what Orthanc does with sections of plugins it has not loaded (the index is
+    SQLite instead).
+    """
+    port = services.free_port()
+    config_dir = state_dir / f"{name}-config"
+    storage = state_dir / f"{name}-storage"
+    config_dir.mkdir(parents=True)
+    storage.mkdir()
+    common = (files.ORTHANC_DIR / "orthanc.json").read_text()
+    edits = {
+        '"/var/lib/orthanc/db"': json.dumps(str(storage)),
+        '"HttpPort": 8042': f'"HttpPort": {port}',
+        '"RemoteAccessAllowed": true': '"RemoteAccessAllowed": false',
+    }
+    for old, new in edits.items():
+        assert old in common, f"orthanc.json no longer contains {old}"
+        common = common.replace(old, new)
+    (config_dir / "orthanc.json").write_text(common)
+    shutil.copy(files.ORTHANC_DIR / variant_file, config_dir / Path(variant_file).name)
+    tree = services.testenv_home() / "orthanc" / "root"
+    dicomweb = tree / "usr" / "share" / "orthanc" / "plugins" / "libOrthancDicomWeb.so"
+    if not dicomweb.exists():
+        raise services.ServiceError(f"Orthanc DICOMweb plugin missing; {services.SETUP_HINT}")
+    (config_dir / "zz-testenv.json").write_text(
+        json.dumps({"Plugins": [str(dicomweb)], "Locale": "C.UTF-8"})
+    )
+    launcher = str(services.TESTENV_DIR / "orthanc.sh")
+    service = KitOrthanc(
+        name,
+        [launcher, str(config_dir)],
+        port,
+        state_dir / f"{name}.log",
+        env={**os.environ, **env},
+        ready_path="/system",
+    )
+    service.config_dir = config_dir
+    return service.start()  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def kit_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """State directory for the services this package starts."""
+    return tmp_path_factory.mktemp("deploy-kit")
+
+
+@pytest.fixture(scope="session")
+def plugin_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc]:
+    """The public Orthanc of docker-compose.yml (its plugin absent, see start_kit_orthanc)."""
+    env = files.interpolated_environment("docker-compose.yml", "orthanc", dotenv)
+    service = start_kit_orthanc(kit_state, "plugin/authorization.json", env, "orthanc-plugin")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def internal_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc]:
+    """The service Orthanc of docker-compose.yml, which only authsvc may call."""
+    env = files.interpolated_environment("docker-compose.yml", "orthanc-internal", dotenv)
+    service = start_kit_orthanc(kit_state, "internal/internal.json", env, "orthanc-internal")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gate_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc]:
+    """The stock Orthanc of docker-compose.gate.yml."""
+    env = files.interpolated_environment("docker-compose.gate.yml", "orthanc", dotenv)
+    service = start_kit_orthanc(kit_state, "gate/gate.json", env, "orthanc-gate")
+    yield service
+    service.stop()

@@ -1,0 +1,359 @@
+"""nginx/*.template: every combination the compose files use passes ``nginx -t``, and the
+routing does what the templates' comments promise, on the test environment's real nginx.
+
+authsvc's side is a stand-in here (``stub_authsvc``: 204/403/401 from the Authorization
+header), so these tests pin nginx's half of the auth_request contract: which headers reach
+``GET /gate/auth``, that no body does, that the answer is obeyed, and where each path goes.
+The Orthanc behind nginx is the real one, on the kit's configuration files.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from tests import deploy_kit
+from tests import services
+from tests.deploy import files
+from tests.deploy.conftest import KitOrthanc
+from tests.deploy.conftest import Seen
+from tests.deploy.conftest import StubAuthsvc
+from tests.deploy.conftest import TlsFiles
+from tests.dicom_factory import make_study
+
+pytestmark = pytest.mark.integration
+
+RETRIEVE_URL = "00081190"
+
+
+def _upstreams(authsvc: int, orthanc: int, keycloak: int) -> dict[str, str]:
+    return {
+        "SERVER_NAME": "_",
+        "AUTHSVC_UPSTREAM": f"127.0.0.1:{authsvc}",
+        "ORTHANC_UPSTREAM": f"127.0.0.1:{orthanc}",
+        "KEYCLOAK_UPSTREAM": f"127.0.0.1:{keycloak}",
+    }
+
+
+def _tls(tls: TlsFiles, http_port: int, https_port: int) -> dict[str, str]:
+    return {
+        "TLS_CERTIFICATE": str(tls.certificate),
+        "TLS_CERTIFICATE_KEY": str(tls.key),
+        "HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "SERVER_NAME": "_",
+        "PUBLIC_URL": f"https://127.0.0.1:{https_port}",
+    }
+
+
+# ---------------------------------------------------------------- nginx -t
+
+
+@pytest.mark.parametrize(
+    "combination",
+    [
+        ("gate.conf.template",),
+        ("tls.conf.template", "gate.conf.template"),
+        ("tls.conf.template", "plugin.conf.template"),
+    ],
+    ids=["gate-plain", "gate-tls", "plugin-tls"],
+)
+def test_rendered_templates_pass_nginx_t(
+    combination: tuple[str, ...], tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """Each combination the compose files (or the tests) render is a valid nginx config."""
+    ports = [services.free_port() for _ in range(5)]
+    values: dict[str, dict[str, str]] = {}
+    for name in combination:
+        if name == "tls.conf.template":
+            values[name] = _tls(tls_files, ports[0], ports[1])
+        elif name == "gate.conf.template":
+            listen = f"127.0.0.1:{ports[1]}" + (
+                " ssl" if "tls.conf.template" in combination else ""
+            )
+            values[name] = {**_upstreams(*ports[2:]), "GATE_LISTEN": listen}
+        else:
+            values[name] = {**_upstreams(*ports[2:]), "HTTPS_LISTEN": f"127.0.0.1:{ports[1]}"}
+    output = deploy_kit.check(tmp_path, values)
+    assert "test is successful" in output
+
+
+def test_compose_renders_a_combination_that_is_tested() -> None:
+    """The template sets compose mounts are the ones test_rendered_templates_pass_nginx_t runs."""
+    for name, expected in (
+        ("docker-compose.yml", {"tls.conf.template", "plugin.conf.template"}),
+        ("docker-compose.gate.yml", {"tls.conf.template", "gate.conf.template"}),
+    ):
+        nginx = files.compose(name)["services"]["nginx"]
+        mounted = {Path(t).name for _, t in files.bind_mounts(nginx) if "/templates/" in t}
+        assert mounted == expected
+
+
+def test_nginx_t_catches_a_broken_template(tmp_path: Path) -> None:
+    """The check can fail: an upstream that is not host:port is refused by nginx -t."""
+    values = {**_upstreams(1, 2, 3), "GATE_LISTEN": "127.0.0.1:9"}
+    values["ORTHANC_UPSTREAM"] = "127.0.0.1:notaport"
+    with pytest.raises(services.ServiceError, match="nginx -t failed"):
+        deploy_kit.check(tmp_path, {"gate.conf.template": values})
+
+
+def test_templates_document_their_placeholders() -> None:
+    """Each template's header lists exactly the placeholders its directives use."""
+    for template in sorted(deploy_kit.NGINX_DIR.glob("*.template")):
+        header = "\n".join(
+            line for line in template.read_text().splitlines() if line.lstrip().startswith("#")
+        )
+        documented = set(deploy_kit.PLACEHOLDER.findall(header))
+        assert documented >= deploy_kit.placeholders(template), template.name
+
+
+# ---------------------------------------------------------------- the gate, running
+
+
+@pytest.fixture(scope="module")
+def gate(
+    kit_state: Path, stub_authsvc: StubAuthsvc, gate_orthanc: KitOrthanc
+) -> Iterator[services.NginxService]:
+    """nginx/gate.conf.template in front of the gate Orthanc and the authsvc stand-in."""
+    port = services.free_port()
+    values = {
+        **_upstreams(stub_authsvc.port, gate_orthanc.port, services.free_port()),
+        "GATE_LISTEN": f"127.0.0.1:{port}",
+    }
+    service = deploy_kit.start_nginx_templates(
+        kit_state / "nginx-gate", port, {"gate.conf.template": values}, ready_path="/gate/"
+    )
+    yield service
+    service.stop()
+
+
+def _last_gate_call(stub: StubAuthsvc) -> Seen:
+    calls = stub.requests_to("/gate/auth")
+    assert calls, "nginx did not ask authsvc"
+    return calls[-1]
+
+
+def test_gate_asks_authsvc_with_method_uri_and_credentials(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """GET /gate/auth gets X-Original-Method/-URI (query kept) and every credential header."""
+    headers = {"Authorization": "Bearer allow", "api-key": "k-1", "token": "t-1"}
+    answer = requests.get(f"{gate.url}/system?token=abc", headers=headers, timeout=10)
+    assert answer.status_code == 200 and "Version" in answer.json()
+    call = _last_gate_call(stub_authsvc)
+    assert call.method == "GET"
+    assert call.headers["x-original-method"] == "GET"
+    assert call.headers["x-original-uri"] == "/system?token=abc"
+    assert call.headers["authorization"] == "Bearer allow"
+    assert call.headers["api-key"] == "k-1" and call.headers["token"] == "t-1"
+    assert call.headers["x-forwarded-proto"] == "http"
+    assert "x-forwarded-prefix" not in call.headers
+
+
+def test_gate_sends_no_body_to_authsvc_and_streams_uploads_to_orthanc(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """An upload is decided on method and URI alone; the body goes to Orthanc only."""
+    instance = make_study(n_instances=1)[0]
+    answer = requests.post(
+        f"{gate.url}/instances",
+        data=instance,
+        headers={"Authorization": "Bearer allow", "Content-Type": "application/dicom"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["Status"] in ("Success", "AlreadyStored")
+    call = _last_gate_call(stub_authsvc)
+    assert call.headers["x-original-method"] == "POST"
+    assert call.method == "GET" and call.body == b""
+    assert call.headers.get("content-length", "0") == "0"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"), [("Bearer deny", 403), ("", 401), ("Bearer other", 401)]
+)
+def test_gate_obeys_denials(gate: services.NginxService, authorization: str, status: int) -> None:
+    """403 and 401 from authsvc reach the client; a 401 keeps authsvc's challenge."""
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = requests.delete(f"{gate.url}/studies/anything", headers=headers, timeout=10)
+    assert answer.status_code == status
+    if status == 401:
+        assert answer.headers["WWW-Authenticate"] == 'Bearer realm="authsvc"'
+
+
+@pytest.mark.parametrize(
+    "path", ["/dicom-web/albums/a1/studies", "/api/albums", "/admin", "/admin/albums/a1"]
+)
+def test_gate_routes_authsvc_paths_to_authsvc(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc, path: str
+) -> None:
+    """Album DICOMweb, the JSON API and the admin pages go to authsvc, without a gate call."""
+    before = len(stub_authsvc.requests_to("/gate/auth"))
+    answer = requests.get(f"{gate.url}{path}", headers={"X-Forwarded-Prefix": "/evil"}, timeout=10)
+    assert answer.status_code == 200 and answer.json() == {"stub": "authsvc", "path": path}
+    assert len(stub_authsvc.requests_to("/gate/auth")) == before
+    seen = stub_authsvc.requests_to(path)[-1]
+    assert "x-forwarded-prefix" not in seen.headers  # a client cannot move authsvc's URLs
+    assert seen.headers["x-forwarded-host"] == f"127.0.0.1:{gate.port}"
+
+
+def test_gate_decision_point_is_not_reachable_from_outside(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """/gate/auth from a client is a 404 from nginx; authsvc never sees it."""
+    before = len(stub_authsvc.seen)
+    for path in ("/gate/auth", "/_authsvc_gate"):
+        assert requests.get(f"{gate.url}{path}", timeout=10).status_code == 404
+    assert len(stub_authsvc.seen) == before
+
+
+def test_gate_dicomweb_urls_point_back_through_nginx(
+    gate: services.NginxService, gate_orthanc: KitOrthanc
+) -> None:
+    """QIDO through the gate gives RetrieveURLs on nginx's host:port, at the site root."""
+    instance = make_study(n_instances=1)
+    requests.post(f"{gate_orthanc.url}/instances", data=instance[0], timeout=30).raise_for_status()
+    uid = pydicom.dcmread(io.BytesIO(instance[0])).StudyInstanceUID
+    answer = requests.get(
+        f"{gate.url}/dicom-web/studies",
+        params={"StudyInstanceUID": uid},
+        headers={"Authorization": "Bearer allow", "Accept": "application/dicom+json"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    url = answer.json()[0][RETRIEVE_URL]["Value"][0]
+    assert url == f"http://127.0.0.1:{gate.port}/dicom-web/studies/{uid}"
+    assert requests.get(url, headers={"Authorization": "Bearer allow"}, timeout=10).ok
+
+
+def test_gate_fails_closed_with_503_when_authsvc_is_down(
+    kit_state: Path, gate_orthanc: KitOrthanc
+) -> None:
+    """No authsvc: nginx answers 503 with a JSON reason, and Orthanc is never reached."""
+    port = services.free_port()
+    dead = services.free_port()  # nothing listens there
+    values = {**_upstreams(dead, gate_orthanc.port, dead), "GATE_LISTEN": f"127.0.0.1:{port}"}
+    nginx = deploy_kit.start_nginx_templates(
+        kit_state / "nginx-gate-down", port, {"gate.conf.template": values}, ready_path="/gate/"
+    )
+    try:
+        answer = requests.get(
+            f"{nginx.url}/system", headers={"Authorization": "Bearer allow"}, timeout=10
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "authorization_unavailable"
+    finally:
+        nginx.stop()
+
+
+def test_gate_access_log_never_holds_query_strings(
+    gate: services.NginxService,
+) -> None:
+    """Tokens travel in ?token=...; the access log records the path only."""
+    secret = "sekret-token-value-4711"
+    requests.get(f"{gate.url}/system?token={secret}", timeout=10)
+    requests.get(f"{gate.url}/api/albums?token={secret}", timeout=10)
+    log = gate.log_path.read_text()
+    assert '"GET /api/albums HTTP/1.1"' in log
+    assert secret not in log
+
+
+# ---------------------------------------------------------------- the plugin stack's proxy
+
+
+@pytest.fixture(scope="module")
+def plugin_proxy(
+    kit_state: Path, stub_authsvc: StubAuthsvc, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
+) -> Iterator[services.NginxService]:
+    """tls.conf.template + plugin.conf.template in front of the plugin stack's Orthanc."""
+    https, http = services.free_port(), services.free_port()
+    service = deploy_kit.start_nginx_templates(
+        kit_state / "nginx-plugin",
+        https,
+        {
+            "tls.conf.template": _tls(tls_files, http, https),
+            "plugin.conf.template": {
+                **_upstreams(stub_authsvc.port, plugin_orthanc.port, services.free_port()),
+                "HTTPS_LISTEN": f"127.0.0.1:{https}",
+            },
+        },
+    )
+    service.http_port = http  # type: ignore[attr-defined]
+    yield service
+    service.stop()
+
+
+def _https(proxy: services.NginxService) -> str:
+    return f"https://127.0.0.1:{proxy.port}"
+
+
+def test_plugin_proxy_redirects_plain_http_to_the_public_url(
+    plugin_proxy: services.NginxService,
+) -> None:
+    """Port 80 only sends browsers to HTTPS, keeping the path and query."""
+    http_port = plugin_proxy.http_port  # type: ignore[attr-defined]
+    answer = requests.get(
+        f"http://127.0.0.1:{http_port}/orthanc/ui/app/?x=1", allow_redirects=False, timeout=10
+    )
+    assert answer.status_code == 301
+    assert answer.headers["Location"] == f"{_https(plugin_proxy)}/orthanc/ui/app/?x=1"
+
+
+def test_plugin_proxy_serves_dicomweb_urls_with_prefix_scheme_and_port(
+    plugin_proxy: services.NginxService, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
+) -> None:
+    """Behind /orthanc/ and TLS, RetrieveURL is https://<nginx host:port>/orthanc/dicom-web/..."""
+    instance = make_study(n_instances=1)[0]
+    requests.post(f"{plugin_orthanc.url}/instances", data=instance, timeout=30).raise_for_status()
+    uid = pydicom.dcmread(io.BytesIO(instance)).StudyInstanceUID
+    answer = requests.get(
+        f"{_https(plugin_proxy)}/orthanc/dicom-web/studies",
+        params={"StudyInstanceUID": uid},
+        headers={"Accept": "application/dicom+json"},
+        verify=str(tls_files.certificate),
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    url = answer.json()[0][RETRIEVE_URL]["Value"][0]
+    assert url == f"{_https(plugin_proxy)}/orthanc/dicom-web/studies/{uid}"
+    assert requests.get(f"{url}/metadata", verify=str(tls_files.certificate), timeout=10).ok
+    assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/user/get-profile", "/tokens/validate", "/tokens/decode", "/settings/roles", "/gate/auth"],
+)
+def test_plugin_proxy_never_exposes_plugin_callbacks(
+    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
+) -> None:
+    """Only Orthanc calls authsvc's plugin callbacks; from outside they do not exist."""
+    before = len(stub_authsvc.seen)
+    answer = requests.post(
+        f"{_https(plugin_proxy)}{path}", json={}, verify=str(tls_files.certificate), timeout=10
+    )
+    assert answer.status_code == 404
+    assert len(stub_authsvc.seen) == before
+
+
+@pytest.mark.parametrize("path", ["/api/albums", "/admin", "/dicom-web/albums/a1/studies"])
+def test_plugin_proxy_routes_authsvc_paths_with_forwarded_headers(
+    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
+) -> None:
+    """authsvc gets its paths with the public scheme and host, and no client-made prefix."""
+    answer = requests.get(
+        f"{_https(plugin_proxy)}{path}",
+        headers={"X-Forwarded-Prefix": "/evil", "Authorization": "Bearer x"},
+        verify=str(tls_files.certificate),
+        timeout=10,
+    )
+    assert answer.status_code == 200 and answer.json()["path"] == path
+    seen = stub_authsvc.requests_to(path)[-1]
+    assert seen.headers["x-forwarded-proto"] == "https"
+    assert seen.headers["x-forwarded-host"] == f"127.0.0.1:{plugin_proxy.port}"
+    assert seen.headers["authorization"] == "Bearer x"
+    assert "x-forwarded-prefix" not in seen.headers

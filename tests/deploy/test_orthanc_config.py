@@ -1,0 +1,87 @@
+"""config/orthanc/ is accepted by the real Orthanc of the test environment, and behaves.
+
+Orthanc >= 1.12 with the DICOMweb plugin reads the committed files (see
+``tests/deploy/conftest.py:start_kit_orthanc`` for the three container-specific values that
+change and for what the test environment lacks: the PostgreSQL index, the authorization plugin
+and Orthanc Explorer 2, whose sections Orthanc reads and ignores without their plugins). What
+the authorization section says is checked by tests/deploy/test_names.py instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests import services
+from tests.deploy import files
+from tests.deploy.conftest import KitOrthanc
+from tests.dicom_factory import make_study
+
+pytestmark = pytest.mark.integration
+
+
+def _system(orthanc: KitOrthanc, **kwargs: object) -> requests.Response:
+    return requests.get(f"{orthanc.url}/system", timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def test_plugin_orthanc_starts_on_the_kit_files(
+    plugin_orthanc: KitOrthanc, dotenv: dict[str, str]
+) -> None:
+    """The public Orthanc: environment expanded, DICOMweb on, no Orthanc login of its own."""
+    system = _system(plugin_orthanc)
+    assert system.status_code == 200  # AuthenticationEnabled false: users come with tokens
+    body = system.json()
+    assert body["Name"] == "orthanc"  # ${ORTHANC_INSTANCE_NAME} from the compose service
+    assert body["HasLabels"] is True
+    assert tuple(int(part) for part in body["Version"].split(".")[:2]) >= (1, 12)
+    plugins = requests.get(f"{plugin_orthanc.url}/plugins", timeout=10).json()
+    assert "dicom-web" in plugins
+
+
+def test_service_orthanc_requires_authsvcs_credentials(
+    internal_orthanc: KitOrthanc, dotenv: dict[str, str]
+) -> None:
+    """The plugin-free Orthanc answers only the user authsvc logs in with (from .env)."""
+    assert _system(internal_orthanc).status_code == 401
+    wrong = (dotenv["AUTHSVC_ORTHANC_USERNAME"], "not-the-password")
+    assert _system(internal_orthanc, auth=wrong).status_code == 401
+    right = (dotenv["AUTHSVC_ORTHANC_USERNAME"], dotenv["AUTHSVC_ORTHANC_PASSWORD"])
+    answer = _system(internal_orthanc, auth=right)
+    assert answer.status_code == 200
+    assert answer.json()["Name"] == "orthanc-internal"
+
+
+def test_gate_orthanc_starts_on_the_kit_files(gate_orthanc: KitOrthanc) -> None:
+    """The stock Orthanc of the gate stack: no login (nginx and authsvc guard it), DICOMweb."""
+    system = _system(gate_orthanc)
+    assert system.status_code == 200
+    assert system.json()["Name"] == "orthanc"
+    instance = make_study(n_instances=1)[0]
+    stored = requests.post(f"{gate_orthanc.url}/instances", data=instance, timeout=30)
+    assert stored.status_code == 200, stored.text
+
+
+def test_orthanc_refuses_a_section_defined_twice(gate_orthanc: KitOrthanc) -> None:
+    """The kit relies on Orthanc's merge rule: a key in two files stops Orthanc at start."""
+    # Proven on the real binary rather than assumed: add a second HttpPort and start again.
+    (gate_orthanc.config_dir / "duplicate.json").write_text('{"HttpPort": 1}')
+    try:
+        with pytest.raises(services.ServiceError, match="exited"):
+            gate_orthanc.restart()
+        assert "defined in 2 different configuration files" in gate_orthanc.log_tail(80)
+    finally:
+        (gate_orthanc.config_dir / "duplicate.json").unlink()
+        gate_orthanc.start()
+
+
+def test_every_file_of_each_orthanc_merges_without_duplicates() -> None:
+    """The files each compose service mounts into /etc/orthanc/ never repeat a section."""
+    for name in files.COMPOSE_FILES:
+        for service in files.compose(name)["services"].values():
+            mounted = [
+                source.removeprefix("./config/orthanc/")
+                for source, target in files.bind_mounts(service)
+                if target.startswith("/etc/orthanc/")
+            ]
+            if mounted:
+                files.orthanc_config(*mounted)  # asserts no section is defined twice
