@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -59,6 +60,9 @@ class OrthancClient:
         if server.username:
             self.session.auth = (server.username, server.password)
         self.backoff = backoff
+        #: Called with a study id after authsvc changed that study's labels (successfully or
+        #: not): the label caches of the gate and album DICOMweb drop it at once.
+        self.label_listeners: list[Callable[[str], None]] = []
 
     # -- transport ------------------------------------------------------------------------
 
@@ -140,11 +144,22 @@ class OrthancClient:
 
     def add_label(self, study_id: str, label: str) -> None:
         """Put ``label`` on a study (idempotent)."""
-        self.request("PUT", f"/studies/{study_id}/labels/{label}", data=b"")
+        try:
+            self.request("PUT", f"/studies/{study_id}/labels/{label}", data=b"")
+        finally:
+            self._labels_changed(study_id)
 
     def remove_label(self, study_id: str, label: str) -> None:
         """Remove ``label`` from a study (idempotent: a missing label is not an error)."""
-        self.request("DELETE", f"/studies/{study_id}/labels/{label}")
+        try:
+            self.request("DELETE", f"/studies/{study_id}/labels/{label}")
+        finally:
+            self._labels_changed(study_id)
+
+    def _labels_changed(self, study_id: str) -> None:
+        """Tell the label caches that a study's labels may have changed."""
+        for listener in self.label_listeners:
+            listener(study_id)
 
     def find_studies(
         self,

@@ -8,9 +8,11 @@ viewer would double Orthanc's load, so both answers are cached here, per process
 * ``resource → owning studies`` (a resource does not move to another study; only deletion
   changes the answer, and then Orthanc answers 404 anyway);
 * ``study → labels``, which *does* change: the entry lives ``ttl`` seconds (a few seconds), and
-  authsvc drops it at once when it changes a label itself (:meth:`StudyLabelCache.invalidate`,
-  which the albums module calls after every label write). Label changes made by someone else
-  directly in Orthanc are seen after at most ``ttl`` seconds, by every worker.
+  is dropped at once when authsvc changes a label itself: :meth:`StudyLabelCache.listen_to`
+  hooks every Orthanc client's ``add_label``/``remove_label``, so album edits, uploads and
+  reconcile all invalidate without knowing about this cache (:meth:`~StudyLabelCache.invalidate`
+  is there for anything else). Other workers, and label changes made directly in Orthanc, see
+  the change after at most ``ttl`` seconds.
 
 The cache is safe to lose: a miss costs one or two Orthanc calls. A resource Orthanc does not
 know resolves to no study; callers deny in that case. Orthanc failures raise
@@ -20,9 +22,11 @@ never cached.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +36,7 @@ from authsvc.orthanc_routes import IdKind
 from authsvc.orthanc_routes import Level
 from authsvc.orthanc_routes import ResourceRef
 
-__all__ = ["StudyFacts", "StudyLabelCache"]
+__all__ = ["StudyFacts", "StudyLabelCache", "TtlMap"]
 
 _MAX_ENTRIES = 20_000
 # Orthanc REST level names for a resource's own route and its "parent study" sub-route.
@@ -66,7 +70,7 @@ class _Entry:
     stored_at: float
 
 
-class _TtlMap:
+class TtlMap:
     """A small thread-safe map whose entries expire; cleared wholesale when it grows too big."""
 
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
@@ -113,8 +117,8 @@ class StudyLabelCache:
     ) -> None:
         """Create an empty cache."""
         self.ttl = ttl
-        self._labels = _TtlMap(ttl, clock)
-        self._owners = _TtlMap(resolve_ttl, clock)
+        self._labels = TtlMap(ttl, clock)
+        self._owners = TtlMap(resolve_ttl, clock)
 
     # -- invalidation -----------------------------------------------------------------------
 
@@ -126,6 +130,14 @@ class StudyLabelCache:
         """Forget everything."""
         self._labels.clear()
         self._owners.clear()
+
+    def listen_to(self, clients: Iterable[OrthancClient]) -> None:
+        """Drop a study's entry whenever authsvc changes its labels through one of ``clients``."""
+        for client in clients:
+            client.label_listeners.append(functools.partial(self._forget, client.server.id))
+
+    def _forget(self, server_id: str, study_id: str) -> None:
+        self.invalidate(study_id, server_id)
 
     # -- lookups ----------------------------------------------------------------------------
 

@@ -164,3 +164,22 @@ def test_orthanc_down_raises_and_caches_nothing(
         cache.study(client, STUDY)
     requests_mock.get(f"{BASE}/studies/{STUDY}", json=study_doc(labels=["ok"]))
     assert cache.study(client, STUDY).labels == {"ok"}  # type: ignore[union-attr]
+
+
+def test_label_writes_through_the_client_invalidate_at_once(
+    client: OrthancClient, requests_mock: rm.Mocker
+) -> None:
+    """Album edits, uploads and reconcile change labels through the client: the cache hears it."""
+    cache = StudyLabelCache(ttl=60)
+    cache.listen_to([client])
+    requests_mock.get(f"{BASE}/studies/{STUDY}", json=study_doc(labels=[]))
+    assert cache.study(client, STUDY).labels == frozenset()  # type: ignore[union-attr]
+    requests_mock.put(f"{BASE}/studies/{STUDY}/labels/album-x", text="")
+    requests_mock.get(f"{BASE}/studies/{STUDY}", json=study_doc(labels=["album-x"]))
+    client.add_label(STUDY, "album-x")
+    assert cache.study(client, STUDY).labels == {"album-x"}  # type: ignore[union-attr]
+    requests_mock.delete(f"{BASE}/studies/{STUDY}/labels/album-x", status_code=503)
+    requests_mock.get(f"{BASE}/studies/{STUDY}", json=study_doc(labels=[]))
+    with pytest.raises(OrthancUnavailable):
+        client.remove_label(STUDY, "album-x")  # a failed write may still have happened
+    assert cache.study(client, STUDY).labels == frozenset()  # type: ignore[union-attr]
