@@ -163,3 +163,72 @@ def interpolated_environment(
     """Return the environment compose would give the service, interpolated from dotenv."""
     raw = service_environment(compose(compose_file)["services"][service])
     return {key: interpolate(value, dotenv) for key, value in raw.items()}
+
+
+def realm_for_test_idp(
+    placeholders: Mapping[str, str], *, password_grant: bool = True
+) -> dict[str, Any]:
+    """Translate config/keycloak/orthanc-realm.json into the test IdP's realm format.
+
+    The test IdP (scripts/testenv/idp) speaks Keycloak's protocol with a simpler realm file.
+    Everything authsvc can observe is carried over: realm name, clients (public or
+    confidential, secret, PKCE, redirect URIs, the audiences their audience mappers add),
+    users (password, names, e-mail, realm roles, groups) and Keycloak's default roles. With
+    ``password_grant`` the test logs users in with the password grant instead of a browser;
+    the committed realm keeps that grant off.
+    """
+    text = REALM_FILE.read_text()
+    for name, value in placeholders.items():
+        text = text.replace("${" + name + "}", value)
+    leftover = INTERPOLATION_NAMES.findall(text)
+    assert not leftover, f"no value for realm placeholders {leftover}"
+    source = json.loads(text)
+    clients = []
+    for client in source["clients"]:
+        mappers = {m["protocolMapper"]: m["config"] for m in client.get("protocolMappers", [])}
+        audience = mappers.get("oidc-audience-mapper", {}).get("included.client.audience")
+        attributes = client.get("attributes", {})
+        clients.append(
+            {
+                "clientId": client["clientId"],
+                "publicClient": client["publicClient"],
+                "secret": client.get("secret", ""),
+                "standardFlowEnabled": client["standardFlowEnabled"],
+                "directAccessGrantsEnabled": password_grant or client["directAccessGrantsEnabled"],
+                "serviceAccountsEnabled": client["serviceAccountsEnabled"],
+                "pkceRequired": attributes.get("pkce.code.challenge.method") == "S256",
+                "redirectUris": client["redirectUris"],
+                "postLogoutRedirectUris": attributes.get("post.logout.redirect.uris", "").split(
+                    "##"
+                ),
+                "audience": [audience] if audience else [],
+            }
+        )
+    users = []
+    for user in source["users"]:
+        (credential,) = user["credentials"]
+        users.append(
+            {
+                "username": user["username"],
+                "password": credential["value"],
+                "email": user["email"],
+                "emailVerified": user["emailVerified"],
+                "firstName": user["firstName"],
+                "lastName": user["lastName"],
+                "enabled": user["enabled"],
+                "realmRoles": user["realmRoles"],
+                "clientRoles": user.get("clientRoles", {}),
+                "groups": user["groups"],
+            }
+        )
+    realm_name = source["realm"]
+    return {
+        "realm": realm_name,
+        "displayName": source.get("displayName", realm_name),
+        "accessTokenLifespan": source["accessTokenLifespan"],
+        "ssoSessionMaxLifespan": source["ssoSessionMaxLifespan"],
+        # Keycloak gives every user these composite/default roles; they must grant nothing.
+        "defaultRoles": [f"default-roles-{realm_name}", "offline_access", "uma_authorization"],
+        "clients": clients,
+        "users": users,
+    }
