@@ -100,4 +100,22 @@ CREATE TABLE pending_label (
 );
 CREATE INDEX ix_pending_label_next_attempt_at ON pending_label (next_attempt_at);
 
+-- Upload tokens: the sealed token is shown once and never stored; this row is what can be
+-- revoked and counted. Use counting is one atomic UPDATE ... WHERE use_count < max_uses.
+CREATE TABLE upload_token (
+    id            TEXT PRIMARY KEY,            -- token id (the sealed token's jti)
+    album_id      TEXT NOT NULL REFERENCES album (id) ON DELETE CASCADE,
+    server_id     TEXT NOT NULL,               -- Orthanc server the token is bound to ('' = default)
+    created_by    TEXT NOT NULL,               -- subject of the issuer
+    created_at    TIMESTAMPTZ NOT NULL,
+    expires_at    TIMESTAMPTZ NOT NULL,
+    revoked_at    TIMESTAMPTZ,
+    revoked_by    TEXT,
+    last_used_at  TIMESTAMPTZ,
+    use_count     INTEGER NOT NULL,
+    max_uses      INTEGER,                     -- NULL: unlimited until expiry
+    note          TEXT NOT NULL
+);
+CREATE INDEX ix_upload_token_album_id ON upload_token (album_id, created_at);
+
 INSERT INTO schema_version (version, applied_at) VALUES (1, now());

@@ -223,3 +223,30 @@ class PendingLabel(db.Model):  # type: ignore[name-defined,misc]
     next_attempt_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime, nullable=False, default=utcnow
     )
+
+
+class UploadToken(db.Model):  # type: ignore[name-defined,misc]
+    """The record of one upload token; the sealed token itself is shown once, never stored.
+
+    The token names this row's ``id`` (its ``jti``): revocation, expiry as issued, and use
+    counting are decided here. ``use_count`` only changes through one atomic
+    ``UPDATE ... WHERE use_count < max_uses`` (see :mod:`authsvc.upload_token_records`).
+    """
+
+    __tablename__ = "upload_token"
+    __table_args__ = (Index("ix_upload_token_album_id", "album_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    album_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
+    )
+    server_id: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    use_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
