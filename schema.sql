@@ -27,6 +27,29 @@ CREATE INDEX ix_audit_event_actor ON audit_event (actor);
 CREATE INDEX ix_audit_event_action ON audit_event (action);
 CREATE INDEX ix_audit_event_subject ON audit_event (subject);
 
+-- Signed-in sessions of the admin pages. The browser holds a random id; only its SHA-256 is
+-- kept, so a copy of this table opens no session. Signing out deletes the row.
+CREATE TABLE admin_session (
+    id          TEXT PRIMARY KEY,         -- hex SHA-256 of the session id in the cookie
+    subject     TEXT NOT NULL,            -- Keycloak sub
+    identity    JSONB NOT NULL,           -- the Identity built from the verified access token
+    id_token    TEXT,                     -- for the provider's logout (id_token_hint)
+    created_at  TIMESTAMPTZ NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX ix_admin_session_expires_at ON admin_session (expires_at);
+
+-- People who have signed in to the admin pages: lets a manager invite a colleague by username
+-- and shows member names instead of opaque subject ids. Updated at every sign-in.
+CREATE TABLE known_user (
+    subject       TEXT PRIMARY KEY,       -- Keycloak sub
+    username      TEXT NOT NULL,          -- lower-cased preferred_username
+    name          TEXT NOT NULL,
+    email         TEXT,                   -- lower-cased, verified addresses only
+    last_seen_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX ix_known_user_username ON known_user (username);
+
 -- API keys for scripts and service accounts; only the SHA-256 of the secret is kept.
 CREATE TABLE api_key (
     id              TEXT PRIMARY KEY,       -- public key id (16 hex digits), part of the key

@@ -94,6 +94,38 @@ class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
 
 
+class AdminSession(db.Model):  # type: ignore[name-defined,misc]
+    """A signed-in browser session of the admin pages (see :mod:`authsvc.admin_sessions`).
+
+    ``id`` is the SHA-256 of the random session id the cookie carries, so the table alone opens
+    no session. ``identity`` is the :class:`~authsvc.identity.Identity` the verified access
+    token gave at sign-in; ``id_token`` is kept for the provider's logout (``id_token_hint``).
+    """
+
+    __tablename__ = "admin_session"
+    __table_args__ = (Index("ix_admin_session_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, nullable=False)
+    identity: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    id_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class KnownUser(db.Model):  # type: ignore[name-defined,misc]
+    """Someone who signed in to the admin pages: username -> subject, and a name to show."""
+
+    __tablename__ = "known_user"
+    __table_args__ = (Index("ix_known_user_username", "username"),)
+
+    subject: Mapped[str] = mapped_column(Text, primary_key=True)
+    username: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    email: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]
     """An API key: only the SHA-256 of its secret is stored (see authsvc.api_keys).
 
