@@ -93,6 +93,7 @@ __all__ = [
     "add_studies",
     "album_grants",
     "album_role",
+    "bind_caller_invitations",
     "bind_invitations",
     "caller_for",
     "change_member_role",
@@ -921,6 +922,24 @@ def album_grants(
     if not labels:
         return frozenset(), frozenset()
     return frozenset(labels), ALBUM_MEMBER_PERMISSIONS
+
+
+def bind_caller_invitations(caller: Caller) -> int:
+    """Bind e-mail invitations for the caller's verified e-mail, if any (cheap when none)."""
+    if not caller.subject or not caller.email:
+        return 0
+    waiting = db.session.execute(
+        sa.select(AlbumMember.id)
+        .where(
+            AlbumMember.principal_kind == PrincipalKind.EMAIL.value,
+            AlbumMember.principal == caller.email,
+        )
+        .limit(1)
+    ).first()
+    if waiting is None:
+        return 0
+    db.session.rollback()  # end the read transaction before writing on another connection
+    return bind_invitations(caller.subject, caller.email)
 
 
 def bind_invitations(subject: str, email: str) -> int:
