@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -245,5 +246,21 @@ def gate_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc
     """The stock Orthanc of docker-compose.gate.yml."""
     env = files.interpolated_environment("docker-compose.gate.yml", "orthanc", dotenv)
     service = start_kit_orthanc(kit_state, "gate/gate.json", env, "orthanc-gate")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def kit_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.IdpService]:
+    """The test IdP serving the kit's realm (placeholders filled as Keycloak's import would)."""
+    realm = files.realm_for_test_idp(
+        {
+            "PUBLIC_URL": "http://127.0.0.1:*",
+            "DEMO_PASSWORD": secrets.token_hex(16),
+            "AUTHSVC_ADMIN_CLIENT_SECRET": secrets.token_hex(32),
+        }
+    )
+    state: Path = tmp_path_factory.mktemp("kit-idp")
+    service = services.start_idp(state, services.free_port(), realm_overrides=realm)
     yield service
     service.stop()

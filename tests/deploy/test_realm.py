@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,22 +22,6 @@ from tests.deploy import files
 from tests.deploy.test_names import EXPECTED_PROFILES
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def kit_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.IdpService]:
-    """The test IdP serving the kit's realm (placeholders filled as Keycloak's import would)."""
-    realm = files.realm_for_test_idp(
-        {
-            "PUBLIC_URL": "http://127.0.0.1:*",
-            "DEMO_PASSWORD": secrets.token_hex(16),
-            "AUTHSVC_ADMIN_CLIENT_SECRET": secrets.token_hex(32),
-        }
-    )
-    state: Path = tmp_path_factory.mktemp("kit-idp")
-    service = services.start_idp(state, services.free_port(), realm_overrides=realm)
-    yield service
-    service.stop()
 
 
 @pytest.mark.parametrize("client_id", ["orthanc", "authsvc"])
