@@ -4,9 +4,10 @@
 Usage: python3 scripts/deploy/make-env.py [--example .env.example] [--output .env] [--force]
 
 Plain standard library (no authsvc install needed). Secrets are 32 random bytes as hex, which is
-safe inside URLs, JSON and Keycloak's realm file; AUTHSVC_UPLOAD_TOKEN_KEYS gets authsvc's key
-ring form ``kid:base64url`` with a 32-byte key (so does AUTHSVC_SHARE_TOKEN_KEYS). The output file is created with mode 0600 and an
-existing one is never overwritten without --force (its secrets are in use).
+safe inside URLs, JSON and Keycloak's realm file; AUTHSVC_UPLOAD_TOKEN_KEYS and
+AUTHSVC_SHARE_TOKEN_KEYS get authsvc's key ring form ``kid:base64url`` with a 32-byte key. The
+output file is created with mode 0600 and an existing one is never overwritten without --force
+(its secrets are in use).
 """
 
 from __future__ import annotations
