@@ -215,3 +215,29 @@ def test_demo_accounts_get_the_documented_profiles() -> None:
         profile = compose_profile(identity, roles)
         assert profile.permissions == permissions, username
         assert profile.authorized_labels == labels, username
+
+
+@pytest.mark.parametrize("name", files.COMPOSE_FILES)
+def test_keycloak_lives_at_one_path_everywhere(name: str) -> None:
+    """Keycloak's relative path agrees across Keycloak, its health check, nginx, authsvc, OE2."""
+    services = files.compose(name)["services"]
+    keycloak = files.service_environment(services["keycloak"])
+    path = keycloak["KC_HTTP_RELATIVE_PATH"]
+    assert path == "/keycloak"
+    assert keycloak["KC_HOSTNAME"] == "${PUBLIC_URL:?set in .env}" + path
+    assert f"GET {path}/health/ready" in services["keycloak"]["healthcheck"]["test"][1]
+    env = _authsvc_env(name)
+    realm = files.realm()["realm"]
+    assert env["AUTHSVC_OIDC_ISSUER"] == f"${{PUBLIC_URL:?set in .env}}{path}/realms/{realm}"
+    internal = f"http://keycloak:8080{path}/realms/{realm}/"
+    assert env["AUTHSVC_OIDC_DISCOVERY_URL"].startswith(internal)
+    assert env["AUTHSVC_OIDC_JWKS_URL"].startswith(internal)
+    nginx = services["nginx"]
+    assert files.service_environment(nginx)["KEYCLOAK_UPSTREAM"] == "keycloak:8080"
+    for source, target in files.bind_mounts(nginx):
+        if target.endswith(("plugin.conf.template", "gate.conf.template")):
+            assert f"location {path}/ {{" in files.path_of(source).read_text()
+    if name == "docker-compose.yml":
+        assert (
+            _plugin_config()["OrthancExplorer2"]["Keycloak"]["Url"] == "${PUBLIC_URL}" + path + "/"
+        )
