@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY setup.cfg pyproject.toml README.md schema.sql ./
+COPY setup.cfg pyproject.toml README.md ./
 COPY authsvc ./authsvc
 RUN python -m pip wheel --wheel-dir /wheels .
 

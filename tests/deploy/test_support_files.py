@@ -121,7 +121,7 @@ def test_image_package_builds_from_the_docker_build_context(tmp_path: Path) -> N
     """
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "schema.sql"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(services.REPO_ROOT / name, context / name)
     shutil.copytree(
         services.REPO_ROOT / "authsvc",
