@@ -76,8 +76,9 @@ class Caller:
 
     * ``role_labels``: authorized labels from the roles configuration (``*``: every study);
     * ``album_roles``: album label → the caller's role in that album (groups included);
-    * ``token_kind``/``token_album_label``: set when the caller presented an album read token
-      (then ``actor`` is anonymous and only the token counts).
+    * ``token_kind``: set when the caller presented a token instead of an identity (then
+      ``actor`` is anonymous and only the token counts); ``token_album_label`` is the album of
+      an album read token, ``token_covers`` tells whether a share link covers a study.
     """
 
     actor: Actor
@@ -85,6 +86,7 @@ class Caller:
     album_roles: Mapping[str, AlbumRole] = field(default_factory=lambda: MappingProxyType({}))
     token_kind: TokenKind | None = None
     token_album_label: str | None = None
+    token_covers: Callable[[StudyFacts], bool] | None = None
 
     @property
     def is_anonymous(self) -> bool:
@@ -164,7 +166,8 @@ def _decide_token(
     action: Action,
     studies: tuple[StudyFacts, ...],
 ) -> Decision:
-    """Album read token: read-only, and only on studies that carry the album's label."""
+    """Tokens: read-only; an album read token only on studies carrying the album's label, a
+    share link only on the studies it names."""
     if action is Action.GATE_STATIC:
         return Allowed("open route")
     if caller.token_kind is None:
@@ -176,10 +179,15 @@ def _decide_token(
         return Denied("tokens do not open server-wide routes")
     if not studies:
         return Denied("no such resource")
-    label = caller.token_album_label
-    if label is None or any(label not in study.labels for study in studies):
-        return Denied("study outside the token's album")
-    return Allowed("album read token")
+    if caller.token_kind is TokenKind.ALBUM_READ:
+        label = caller.token_album_label
+        if label is None or any(label not in study.labels for study in studies):
+            return Denied("study outside the token's album")
+        return Allowed("album read token")
+    covers = caller.token_covers
+    if covers is None or not all(covers(study) for study in studies):
+        return Denied("the token does not cover this study")
+    return Allowed("share link")
 
 
 def needs_studies(caller: Caller, target: RouteTarget) -> bool:

@@ -134,7 +134,14 @@ CALLERS: dict[str, Caller] = {
     ),
     "admin": Caller(Actor("u-admin", is_global_admin=True)),
     "token_a": Caller(Actor(""), token_kind=TokenKind.ALBUM_READ, token_album_label=LABEL_A),
+    # A share link of study A (whatever album it is in).
+    "share_a": Caller(
+        Actor(""),
+        token_kind=TokenKind.SHARE_LINK,
+        token_covers=lambda s: s.study_id == STUDIES["A"].study,
+    ),
 }
+TOKENS = {"token_a", "share_a"}
 
 # Who passes, per kind of request and study key.
 ALBUM_A_READERS = {"viewer_a", "contrib_a", "manager_a", "manager_a_modify", "viewer_b_owner_a"}
@@ -143,7 +150,7 @@ ALBUM_A_READERS = {"viewer_a", "contrib_a", "manager_a", "manager_a_modify", "vi
 def readers(key: str) -> set[str]:
     base = {"admin", "sees_all"}
     if key == "A":
-        return base | ALBUM_A_READERS | {"token_a"}
+        return base | ALBUM_A_READERS | TOKENS
     if key == "B":
         return base | {"viewer_b_owner_a"}
     if key == "C":
@@ -350,7 +357,7 @@ def _rows() -> list[tuple[str, str, str | None, set[str]]]:
             rows.append(("GET", _fmt(template, s), key, readers(key)))
             rows.append(("HEAD", _fmt(template, s), key, readers(key)))
         for template in POST_READ_TEMPLATES:
-            rows.append(("POST", _fmt(template, s), key, readers(key) - {"token_a"}))
+            rows.append(("POST", _fmt(template, s), key, readers(key) - TOKENS))
         for method, template in WRITE_TEMPLATES:
             rows.append((method, _fmt(template, s), key, writers(key)))
         for method, template in MODIFY_TEMPLATES:
