@@ -50,10 +50,43 @@ def migrate_command() -> None:
     click.echo(database.migrate(db.engine))
 
 
+def run_reconcile(dry_run: bool) -> int:
+    """Run ``albums.reconcile`` in the current app context; print the report; return the exit code.
+
+    0: the database and Orthanc agree (after repair). 1: drift was found and not (all) repaired,
+    label changes are still pending, or Orthanc could not be asked.
+    """
+    from authsvc import albums
+
+    report = albums.reconcile(repair=not dry_run)
+    for drift in report.drifts:
+        click.echo(drift.describe())
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    retried = report.retried
+    click.echo(
+        f"reconcile: {len(report.drifts)} difference(s), "
+        f"{sum(d.repaired for d in report.drifts)} repaired; pending labels: "
+        f"{retried.applied} applied, {retried.failed} failed, {retried.remaining} left"
+        + (" (dry run: nothing changed)" if dry_run else "")
+    )
+    unrepaired = any(not d.repaired for d in report.drifts)
+    return 1 if unrepaired or report.errors or retried.remaining else 0
+
+
+@click.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Report the drift without repairing it.")
+@with_appcontext
+def reconcile_command(dry_run: bool) -> None:
+    """Compare album records with Orthanc's labels, retry pending labels, repair drift."""
+    sys.exit(run_reconcile(dry_run))
+
+
 def init_app(app: Flask) -> None:
     """Register the commands that need an app (also reachable through ``flask --app authsvc``)."""
     app.cli.add_command(init_db_command)
     app.cli.add_command(migrate_command)
+    app.cli.add_command(reconcile_command)
 
 
 @click.group()
@@ -87,6 +120,20 @@ def main_migrate() -> None:
 
     with _app().app_context():
         click.echo(database.migrate(db.engine))
+
+
+@main.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Report the drift without repairing it.")
+@_fail_on_config_error
+def main_reconcile(dry_run: bool) -> None:
+    """Compare album records with Orthanc's labels, retry pending labels, repair drift.
+
+    Run it from cron (e.g. every 5 minutes): it is also what retries label changes that
+    failed while Orthanc was unavailable. Exit status 0 when everything agrees.
+    """
+    with _app().app_context():
+        code = run_reconcile(dry_run)
+    sys.exit(code)
 
 
 @main.command("check-config")

@@ -497,3 +497,29 @@ def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask
     # Membership removed: the next profile no longer carries the label.
     albums.remove_member(ALICE, album_id, member_id(album_id, "lab"))
     assert authn.profile_for(person("gus", groups=frozenset({"lab"}))).labels_list() == []
+
+
+def test_reconcile_command_reports_repairs_and_sets_the_exit_status(
+    ctx: Flask, orthanc: FakeOrthanc
+) -> None:
+    from authsvc.cli import reconcile_command
+
+    album_id = make_album(owner=ADMIN)
+    label = albums.get_album(ADMIN, album_id).album.label
+    study = orthanc.add_study("1.3.9")
+    albums.add_studies(ADMIN, album_id, [study.id])
+    db.session.remove()
+    runner = ctx.test_cli_runner()
+    clean = runner.invoke(reconcile_command, [])
+    assert clean.exit_code == 0 and "0 difference(s)" in clean.output
+    study.labels.discard(label)
+    dry = runner.invoke(reconcile_command, ["--dry-run"])
+    assert dry.exit_code == 1
+    assert f"missing-label: study {study.id}" in dry.output and "NOT repaired" in dry.output
+    assert label not in orthanc.labels_of(study)
+    fixed = runner.invoke(reconcile_command, [])
+    assert fixed.exit_code == 0 and "1 repaired" in fixed.output
+    assert label in orthanc.labels_of(study)
+    orthanc.down = True
+    down = runner.invoke(reconcile_command, [])
+    assert down.exit_code == 1 and "unreachable" in down.output

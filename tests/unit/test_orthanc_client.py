@@ -142,3 +142,59 @@ def test_registry_from_settings() -> None:
 def test_bad_server_entries_name_the_key(extra: list[dict[str, str]], message: str) -> None:
     with pytest.raises(ConfigError, match=f"^AUTHSVC_ORTHANC_SERVERS: .*{message}"):
         OrthancServers(servers_from_settings("", "", "", "", extra, timeout=5, retries=1))
+
+
+# --- calls the albums feature adds ------------------------------------------------------------
+
+
+def test_find_studies_asks_for_requested_tags(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/find", json=[{"ID": "s1", "RequestedTags": {}}])
+        client.find_studies(
+            labels=["a"], expand=True, since=10, limit=5, requested_tags=["ModalitiesInStudy"]
+        )
+        body = mock.last_request.json()
+    assert body["RequestedTags"] == ["ModalitiesInStudy"]
+    assert (body["Since"], body["Limit"], body["Labels"]) == (10, 5, ["a"])
+
+
+def test_count_studies_uses_count_resources(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/count-resources", json={"Count": 7})
+        assert client.count_studies(labels=["a"]) == 7
+        assert mock.last_request.json()["Labels"] == ["a"]
+
+
+def test_count_studies_falls_back_on_older_orthanc(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/count-resources", status_code=404)
+        mock.post(f"{URL}/tools/find", json=["s1", "s2"])
+        assert client.count_studies(labels=["a"]) == 2
+
+
+@pytest.mark.parametrize("answer", [{"Count": "7"}, [], {"Nope": 1}])
+def test_count_studies_refuses_odd_answers(client: OrthancClient, answer: object) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/tools/count-resources", json=answer)
+        with pytest.raises(OrthancError):
+            client.count_studies()
+
+
+def test_get_study_is_none_when_unknown(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/studies/s1", json={"ID": "s1", "Labels": ["a"]})
+        mock.get(f"{URL}/studies/s2", status_code=404, json={"Message": "Unknown resource"})
+        mock.get(f"{URL}/studies/s3", status_code=403)
+        assert client.get_study("s1") == {"ID": "s1", "Labels": ["a"]}
+        assert client.get_study("s2") is None
+        with pytest.raises(OrthancError):
+            client.get_study("s3")
+
+
+def test_all_labels(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.get(f"{URL}/tools/labels", json=["a", "b"])
+        assert client.all_labels() == ["a", "b"]
+        mock.get(f"{URL}/tools/labels", json={"a": 1})
+        with pytest.raises(OrthancError):
+            client.all_labels()
