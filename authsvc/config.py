@@ -33,6 +33,8 @@ from typing import Any
 
 from authsvc.album_labels import validate_prefix
 from authsvc.errors import ConfigError
+from authsvc.sealing import KeyRing
+from authsvc.sealing import generate_key
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,17 @@ def _bind(value: Any) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("expected HOST:PORT or unix:PATH")
+    return text
+
+
+def _key_ring(value: Any) -> str:
+    text = _str(value).strip()
+    if text:
+        try:
+            KeyRing.from_text(text, setting="key ring")
+        except ConfigError as exc:
+            # The message names positions and key ids only, never key material.
+            raise ValueError(str(exc)) from None
     return text
 
 
@@ -341,6 +354,79 @@ class Settings:
         "(empty: anonymous callers get nothing).",
         example="",
     )
+    roles_file: str = setting(
+        "",
+        _str,
+        "Roles file imported on first start when the database holds no roles configuration "
+        "(orthanc-auth-service `permissions.json` format, comments allowed).",
+        example="/etc/authsvc/permissions.json",
+    )
+    plugin_username: str = setting(
+        "orthanc-plugin",
+        _nonempty,
+        "User name the Orthanc plugin sends (its `WebServiceUsername`) with HTTP Basic.",
+    )
+    plugin_password: str = setting(
+        "",
+        _str,
+        "Password the Orthanc plugin sends (its `WebServicePassword`). Empty: every plugin "
+        "callback is refused (401).",
+        secret=True,
+        example="CHANGE-ME-long-random-password",
+    )
+    plugin_validity: int = setting(
+        60,
+        _int(1, 86_400),
+        "Seconds the plugin may cache a profile or a token decision (`validity`, never 0).",
+    )
+    share_token_keys: str = setting(
+        "",
+        _key_ring,
+        "Key ring sealing share tokens (viewer publications, instant links): `kid:base64url` "
+        "items, newest first. Empty in production: share tokens cannot be created.",
+        secret=True,
+        example="CHANGE-ME:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    share_token_max_lifetime: int = setting(
+        31_536_000,
+        _int(0),
+        "Longest share token lifetime in seconds (longer requests are shortened); 0: no limit.",
+    )
+    share_token_never_expires: bool = setting(
+        False,
+        _bool,
+        'Allow share links that never expire (OE2 "share duration 0") when there is no limit.',
+    )
+    legacy_share_secret: str = setting(
+        "",
+        _str,
+        "orthanc-auth-service's `SECRET_KEY`: its HS256 share links keep working (migration).",
+        secret=True,
+        example="CHANGE-ME-the-old-services-secret-key",
+    )
+    public_orthanc_root: str = setting(
+        "",
+        _url,
+        "Public URL of Orthanc for share links (Stone, Osimis, VolView, OE2 inbox page).",
+        example="https://pacs.example.org/orthanc/",
+    )
+    public_landing_root: str = setting(
+        "",
+        _url,
+        "OE2 token landing page; when set, share links open it instead of the viewer.",
+        example="https://pacs.example.org/orthanc/ui/app/token-landing.html",
+    )
+    public_ohif_root: str = setting(
+        "",
+        _url,
+        "Public URL of OHIF for OHIF share links.",
+        example="https://pacs.example.org/ohif/",
+    )
+    ohif_data_source: str = setting(
+        "dicom-web",
+        _choice("dicom-web", "dicom-json"),
+        "How shared OHIF links load studies: `dicom-web` or `dicom-json`.",
+    )
     readiness_timeout: float = setting(
         2.0, _float(0.1), "Seconds each dependency check of `/readyz` may take."
     )
@@ -367,6 +453,11 @@ KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS)
 SECRET_KEYS: frozenset[str] = frozenset(f.name for f in FIELDS if f.metadata["secret"])
 # Secrets that must be set in production. The others are optional (empty disables a feature).
 REQUIRED_SECRETS: tuple[str, ...] = ("secret_key",)
+# Optional secrets that development mode still generates, so every feature works out of the box.
+_DEV_GENERATED: Mapping[str, Callable[[], str]] = {
+    "secret_key": lambda: secrets.token_urlsafe(48),
+    "share_token_keys": lambda: generate_key("dev"),
+}
 
 
 def env_name(key: str) -> str:
@@ -455,15 +546,17 @@ def load_settings(
 
 def _complete_secrets(settings: Settings) -> Settings:
     """Refuse missing production secrets; in development generate and persist throw-away ones."""
-    missing = [key for key in REQUIRED_SECRETS if not getattr(settings, key)]
+    if not settings.is_development:
+        for key in REQUIRED_SECRETS:
+            if not getattr(settings, key):
+                raise ConfigError(
+                    f"{env_name(key)}: required in production (set it, or {env_name(key)}_FILE, "
+                    f"or /run/secrets/authsvc_{key})"
+                )
+        return settings
+    missing = [key for key in _DEV_GENERATED if not getattr(settings, key)]
     if not missing:
         return settings
-    if not settings.is_development:
-        key = missing[0]
-        raise ConfigError(
-            f"{env_name(key)}: required in production (set it, or {env_name(key)}_FILE, "
-            f"or /run/secrets/authsvc_{key})"
-        )
     store = Path(settings.data_dir) / "dev-secrets.json"
     stored: dict[str, str] = {}
     if store.is_file():
@@ -471,9 +564,7 @@ def _complete_secrets(settings: Settings) -> Settings:
             stored = json.loads(store.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             stored = {}
-    generated: dict[str, Any] = {
-        key: stored.get(key) or secrets.token_urlsafe(48) for key in missing
-    }
+    generated: dict[str, Any] = {key: stored.get(key) or _DEV_GENERATED[key]() for key in missing}
     if any(key not in stored for key in missing):
         store.parent.mkdir(parents=True, exist_ok=True)
         stored.update(generated)

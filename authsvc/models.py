@@ -282,3 +282,58 @@ class UploadToken(db.Model):  # type: ignore[name-defined,misc]
     use_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class RolesConfigDoc(db.Model):  # type: ignore[name-defined,misc]
+    """The current roles configuration: one row (id 1), the plugin's ``/settings/roles`` JSON.
+
+    ``version`` grows by one on every change and backs optimistic concurrency (a change
+    names the version it started from; a stale one is refused with 409).
+    """
+
+    __tablename__ = "roles_config"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class RolesConfigHistory(db.Model):  # type: ignore[name-defined,misc]
+    """Every version the roles configuration ever had: who changed it, when, and how."""
+
+    __tablename__ = "roles_config_history"
+    __table_args__ = (UniqueConstraint("version", name="uq_roles_config_history_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    changed_by: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class ShareToken(db.Model):  # type: ignore[name-defined,misc]
+    """A share token authsvc issued (viewer publication, instant link, inbox link).
+
+    The token itself is never stored: it is sealed and carries its own claims. This row is
+    what makes it listable and revocable (``id`` is the token's ``jti``).
+    """
+
+    __tablename__ = "share_token"
+    __table_args__ = (
+        Index("ix_share_token_created_by", "created_by"),
+        Index("ix_share_token_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    token_type: Mapped[str] = mapped_column(Text, nullable=False)
+    resources: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, nullable=False)
+    server_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    request_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)

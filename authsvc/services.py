@@ -7,7 +7,9 @@ one set of HTTP sessions and caches per process instead of building them per req
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import requests
@@ -18,9 +20,18 @@ from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.authn import Authenticator
 from authsvc.config import Settings
 from authsvc.identity import KeycloakVerifier
+from authsvc.metrics import DecisionCounters
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
-from authsvc.roles import RolesConfig
+from authsvc.roles_store import RolesStore
+from authsvc.sealing import KeyRing
+from authsvc.share_tokens import LegacyShareKey
+from authsvc.share_tokens import OhifDataSource
+from authsvc.share_tokens import PublicRoots
+from authsvc.tokens import ShareTokenService
+from authsvc.users import UserDirectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -32,6 +43,10 @@ class Services:
     #: None when no OIDC issuer is configured (bearer JWTs are then refused).
     verifier: KeycloakVerifier | None
     authenticator: Authenticator
+    roles: RolesStore
+    share_tokens: ShareTokenService
+    decisions: DecisionCounters
+    users: UserDirectory
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -48,22 +63,56 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
     )
     verifier = build_verifier(settings)
+    roles = RolesStore(roles_file=settings.roles_file)
     authenticator = Authenticator(
         verifier=verifier,
-        roles=_roles_provider(settings),
+        roles=roles.current,
         api_key_prefix=API_KEY_PREFIX,
         admin_roles=settings.admin_roles,
         anonymous_roles=settings.anonymous_roles,
     )
     app.extensions["authsvc"] = Services(
-        settings=settings, orthanc=orthanc, verifier=verifier, authenticator=authenticator
+        settings=settings,
+        orthanc=orthanc,
+        verifier=verifier,
+        authenticator=authenticator,
+        roles=roles,
+        share_tokens=build_share_tokens(settings, orthanc),
+        decisions=DecisionCounters(),
+        users=UserDirectory(),
     )
 
 
-def _roles_provider(settings: Settings) -> Callable[[], RolesConfig]:
-    """Return the function that yields the current roles configuration."""
-    empty = RolesConfig()
-    return lambda: empty
+def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareTokenService:
+    """Build the share token service: key ring, legacy key, public roots, lifetime rules."""
+    legacy_key = None
+    if settings.legacy_share_secret:
+        legacy_key = LegacyShareKey(settings.legacy_share_secret)
+        if legacy_key.weak:
+            log.warning("legacy_share_secret is shorter than 112 bits; rotate links soon")
+    # The plugin sends server-id null when WebServiceIdentifier is unset: "" means null here.
+    known = {settings.orthanc_server_id or None} | {i or None for i in orthanc.ids()}
+    return ShareTokenService(
+        ring=(
+            KeyRing.from_text(settings.share_token_keys, setting="AUTHSVC_SHARE_TOKEN_KEYS")
+            if settings.share_token_keys
+            else None
+        ),
+        legacy_key=legacy_key,
+        roots=PublicRoots(
+            orthanc=settings.public_orthanc_root or None,
+            landing_page=settings.public_landing_root or None,
+            ohif=settings.public_ohif_root or None,
+            ohif_data_source=OhifDataSource(settings.ohif_data_source),
+        ),
+        known_servers=known,
+        max_lifetime=(
+            timedelta(seconds=settings.share_token_max_lifetime)
+            if settings.share_token_max_lifetime
+            else None
+        ),
+        never_expires_allowed=settings.share_token_never_expires,
+    )
 
 
 def json_fetcher(timeout: float) -> Callable[[str], Any]:

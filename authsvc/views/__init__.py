@@ -8,8 +8,10 @@ from __future__ import annotations
 from flask import Flask
 
 from authsvc.views import albums_api
+from authsvc.views import metrics
 from authsvc.views import openapi
 from authsvc.views import ops
+from authsvc.views import plugin
 from authsvc.views import requests as request_hooks
 
 
@@ -17,5 +19,7 @@ def register_blueprints(app: Flask) -> None:
     """Register every blueprint and the per-request hooks."""
     request_hooks.init_app(app)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(plugin.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(albums_api.bp)
     app.register_blueprint(openapi.bp)

@@ -1,0 +1,345 @@
+"""authsvc.tokens: share tokens as a service — create, validate, decode, list and revoke.
+
+Builds on the pure :mod:`authsvc.share_tokens` (sealing, legacy HS256 tokens, resource matching,
+links) and :func:`authsvc.policy.decide_token_access` (which HTTP methods a token allows), and
+adds what needs state: the ``share_token`` rows that make tokens listable and revocable, the
+audit events, the known Orthanc servers, and a short per-process revocation cache.
+
+Rules (protocol spec §3.1, §3.4, §3.5, §10.3, §10.4):
+
+* validation grants only when the token is authentic, unexpired, not revoked, issued for the
+  requesting server, covers the requested resource, and the method is a read (``get``, or the
+  plugin's internal ``post`` for ``/tools/find``); everything else is ``granted: false``;
+* decoding returns ``resources`` only for a valid token; otherwise ``error-code`` says why;
+* a request naming an Orthanc server authsvc does not know (``server-id``) gets nothing.
+
+Legacy orthanc-auth-service tokens (HS256, when ``legacy_share_secret`` is set) are validated
+and decoded too, so links already sent keep working; they have no row and cannot be revoked one
+by one (remove the legacy secret to revoke them all).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from authsvc import audit
+from authsvc.audit import AuditAction
+from authsvc.audit import Outcome
+from authsvc.errors import AuthsvcError
+from authsvc.errors import NotFound
+from authsvc.errors import ShareTokenExpired
+from authsvc.errors import TokenInvalid
+from authsvc.errors import TokenRevoked
+from authsvc.errors import ValidationFailed
+from authsvc.extensions import db
+from authsvc.models import ShareToken
+from authsvc.models import utcnow
+from authsvc.plugin_protocol import CreateRequest
+from authsvc.plugin_protocol import DecodeErrorCode
+from authsvc.plugin_protocol import ValidateRequest
+from authsvc.plugin_protocol import decode_reply
+from authsvc.plugin_protocol import resource_json
+from authsvc.policy import Decision
+from authsvc.policy import Denied
+from authsvc.policy import TokenKind
+from authsvc.policy import decide_token_access
+from authsvc.sealing import ANY_SERVER
+from authsvc.sealing import ExpectedServer
+from authsvc.sealing import KeyRing
+from authsvc.sealing import Purpose
+from authsvc.sealing import new_token_id
+from authsvc.sealing import token_purpose
+from authsvc.share_tokens import INSTANT_LINK_TYPES
+from authsvc.share_tokens import LegacyShareKey
+from authsvc.share_tokens import PublicRoots
+from authsvc.share_tokens import ShareTokenClaims
+from authsvc.share_tokens import TokenType
+from authsvc.share_tokens import check_creatable
+from authsvc.share_tokens import creation_url
+from authsvc.share_tokens import decode_legacy_token
+from authsvc.share_tokens import issue_share_token
+from authsvc.share_tokens import read_share_token
+from authsvc.share_tokens import redirect_url
+from authsvc.share_tokens import resources_match
+from authsvc.share_tokens import share_expires_at
+
+__all__ = ["CreatedShareToken", "ShareTokenService", "album_token_decision", "share_token_json"]
+
+# MedDream links need a token from MedDream's own service, which authsvc does not talk to.
+_UNSUPPORTED_TYPES = frozenset(
+    {TokenType.MEDDREAM_INSTANT_LINK, TokenType.MEDDREAM_VIEWER_PUBLICATION}
+)
+
+
+@dataclass(frozen=True)
+class CreatedShareToken:
+    """A new share token: show ``token``/``url`` once; ``row`` is what is stored."""
+
+    token: str
+    url: str | None
+    row: ShareToken
+
+
+def album_token_decision(token: str, request: ValidateRequest, now: datetime) -> Decision | None:
+    """Decide ``/tokens/validate`` for an album read token (``ar1.``), or None if not one.
+
+    THE ALBUMS FEATURE FILLS THIS (album read tokens are its own): check the token, then that
+    ``request.labels`` contain the album's label, then the method with
+    ``decide_token_access(TokenKind.ALBUM_READ, …)``. Until then album tokens are denied.
+    """
+    if token_purpose(token) is Purpose.ALBUM_READ:
+        return Denied("album read tokens are not handled yet")
+    return None
+
+
+class ShareTokenService:
+    """Share tokens for one app: keys, public roots, lifetime rules and known servers."""
+
+    def __init__(
+        self,
+        *,
+        ring: KeyRing | None,
+        legacy_key: LegacyShareKey | None,
+        roots: PublicRoots,
+        known_servers: Iterable[str | None],
+        max_lifetime: timedelta | None,
+        never_expires_allowed: bool,
+        revocation_ttl: float = 5.0,
+    ) -> None:
+        """Store the configuration; does no I/O."""
+        self.ring = ring
+        self.legacy_key = legacy_key
+        self.roots = roots
+        self.known_servers = frozenset(known_servers)
+        self.max_lifetime = max_lifetime
+        self.never_expires_allowed = never_expires_allowed
+        self._revocation_ttl = revocation_ttl
+        self._revoked_cache: dict[str, tuple[bool, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- reading a token ------------------------------------------------------------------------
+
+    def read(
+        self, token: str, *, now: datetime, expected_server_id: ExpectedServer = ANY_SERVER
+    ) -> ShareTokenClaims:
+        """Verify a share token of either format and check its revocation.
+
+        :raise TokenInvalid: not an authentic share token, or for another server.
+        :raise ShareTokenExpired: authentic but expired.
+        :raise TokenRevoked: revoked (or its row is gone).
+        """
+        if not token:
+            raise TokenInvalid()
+        if self.ring is None:
+            if self.legacy_key is None or token_purpose(token) is not None:
+                raise TokenInvalid()
+            claims = decode_legacy_token(self.legacy_key, token, now=now)
+        else:
+            claims = read_share_token(
+                token,
+                ring=self.ring,
+                legacy_key=self.legacy_key,
+                now=now,
+                expected_server_id=expected_server_id,
+            )
+        if claims.token_id is not None and self._is_revoked(claims.token_id):
+            raise TokenRevoked("This share link has been revoked.")
+        return claims
+
+    def _is_revoked(self, token_id: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._revoked_cache.get(token_id)
+        if cached is not None and now - cached[1] < self._revocation_ttl:
+            return cached[0]
+        row = db.session.get(ShareToken, token_id)
+        # No row: never issued here (a key shared with another deployment) or deleted.
+        revoked = row is None or row.revoked_at is not None
+        with self._lock:
+            if len(self._revoked_cache) > 10_000:
+                self._revoked_cache.clear()
+            self._revoked_cache[token_id] = (revoked, now)
+        return revoked
+
+    # -- C1 ---------------------------------------------------------------------------------------
+
+    def validate(self, request: ValidateRequest, *, now: datetime) -> Decision:
+        """Decide a ``/tokens/validate`` call (deny by default; the reason is safe to log)."""
+        if not request.token:
+            return Denied("no token")
+        if request.server_id not in self.known_servers:
+            return Denied("unknown server-id")
+        album = album_token_decision(request.token, request, now)
+        if album is not None:
+            return album
+        resource = request.requested_resource()
+        if resource is None:
+            return Denied("no resource to check (system level or no ids)")
+        try:
+            claims = self.read(request.token, now=now, expected_server_id=request.server_id)
+        except AuthsvcError as exc:
+            return Denied(f"token refused: {exc.code}")
+        if not resources_match(claims, resource):
+            return Denied("the token does not cover this resource")
+        kind = (
+            TokenKind.INSTANT_LINK
+            if claims.token_type in INSTANT_LINK_TYPES
+            else TokenKind.SHARE_LINK
+        )
+        return decide_token_access(kind, None, request.method)
+
+    # -- C5 ---------------------------------------------------------------------------------------
+
+    def decode(self, token: str, *, now: datetime) -> dict[str, Any]:
+        """Answer a ``/tokens/decode`` call; resources only for a valid token."""
+        if not token:
+            return decode_reply(token_type=None, error_code=DecodeErrorCode.INVALID)
+        try:
+            claims = self.read(token, now=now)
+        except ShareTokenExpired as exc:
+            return decode_reply(token_type=exc.token_type, error_code=DecodeErrorCode.EXPIRED)
+        except TokenRevoked:
+            return decode_reply(token_type=None, error_code=DecodeErrorCode.INVALID)
+        except AuthsvcError:
+            return decode_reply(token_type=None, error_code=DecodeErrorCode.INVALID)
+        if claims.token_type in _UNSUPPORTED_TYPES:
+            return decode_reply(
+                token_type=claims.token_type.value, error_code=DecodeErrorCode.UNKNOWN
+            )
+        return decode_reply(
+            token_type=claims.token_type.value,
+            error_code=None,
+            redirect_url=redirect_url(claims.token_type, token, claims.resources, self.roots),
+            resources=claims.resources,
+        )
+
+    # -- C4 ---------------------------------------------------------------------------------------
+
+    def create(
+        self, request: CreateRequest, *, created_by: str, now: datetime
+    ) -> CreatedShareToken:
+        """Mint a share token, store its row and audit it; the caller commits.
+
+        :raise ValidationFailed: unknown/unsupported/disabled type, bad resources, bad expiry,
+            unknown server (422).
+        """
+        try:
+            token_type = TokenType(request.token_type)
+        except ValueError:
+            raise _problem("type", "Unknown token type.") from None
+        if token_type in _UNSUPPORTED_TYPES:
+            raise _problem("type", f"{token_type.value} links are not supported by authsvc.")
+        if self.ring is None:
+            raise _problem("type", "Share links are disabled: share_token_keys is not set.")
+        if request.server_id not in self.known_servers:
+            raise _problem("server-id", "This Orthanc server is not configured in authsvc.")
+        expires_at = share_expires_at(
+            now,
+            expiration_date=request.expiration_date,
+            validity_duration=request.validity_duration,
+            max_lifetime=self.max_lifetime,
+        )
+        if expires_at is None and not self.never_expires_allowed:
+            raise _problem("validity-duration", "Share links must expire; give a duration.")
+        check_creatable(token_type, request.resources, self.roots)
+        token_id = new_token_id()
+        token = issue_share_token(
+            self.ring,
+            token_id=token_id,
+            token_type=token_type,
+            resources=request.resources,
+            server_id=request.server_id,
+            now=now,
+            expires_at=expires_at,
+            issuer=None if created_by == "plugin" else created_by,
+            request_id=request.request_id,
+        )
+        url = creation_url(token_type, token, request.resources, self.roots)
+        row = ShareToken(
+            id=token_id,
+            token_type=token_type.value,
+            resources=[resource_json(r) for r in request.resources],
+            server_id=request.server_id,
+            created_by=created_by,
+            request_id=request.request_id,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        db.session.add(row)
+        audit.record(
+            AuditAction.token_share_create,
+            created_by,
+            f"share-token:{token_id}",
+            Outcome.success,
+            {
+                "type": token_type.value,
+                "resources": [r.dicom_uid or r.orthanc_id for r in request.resources],
+                "server_id": request.server_id,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
+        return CreatedShareToken(token=token, url=url, row=row)
+
+    # -- listing and revoking ---------------------------------------------------------------------
+
+    def list(self, *, created_by: str | None, limit: int = 500) -> list[ShareToken]:
+        """Return share token rows, newest first (``created_by`` None: everyone's)."""
+        query = sa.select(ShareToken).order_by(ShareToken.created_at.desc(), ShareToken.id)
+        if created_by is not None:
+            query = query.where(ShareToken.created_by == created_by)
+        return list(db.session.scalars(query.limit(limit)))
+
+    def get(self, token_id: str) -> ShareToken:
+        """Return a share token row.
+
+        :raise NotFound: no such token.
+        """
+        row = db.session.get(ShareToken, token_id)
+        if row is None:
+            raise NotFound("No such share token.")
+        return row
+
+    def revoke(self, row: ShareToken, *, actor: str, now: datetime) -> None:
+        """Revoke a share token (idempotent) and audit it; the caller commits."""
+        if row.revoked_at is None:
+            row.revoked_at = now
+            row.revoked_by = actor
+            audit.record(
+                AuditAction.token_share_revoke,
+                actor,
+                f"share-token:{row.id}",
+                Outcome.success,
+                {"type": row.token_type},
+            )
+        with self._lock:
+            self._revoked_cache[row.id] = (True, time.monotonic())
+
+
+def _problem(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, details=[{"field": field, "message": message}])
+
+
+def share_token_json(row: ShareToken, *, now: datetime | None = None) -> dict[str, Any]:
+    """Return a share token row for the JSON API (never the token itself)."""
+    now = now or utcnow()
+    expired = row.expires_at is not None and row.expires_at <= now
+    return {
+        "id": row.id,
+        "type": row.token_type,
+        "resources": row.resources,
+        "server_id": row.server_id,
+        "created_by": row.created_by,
+        "request_id": row.request_id,
+        "created_at": row.created_at.isoformat(),
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "status": "revoked" if row.revoked_at else "expired" if expired else "active",
+    }
