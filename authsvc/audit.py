@@ -33,11 +33,14 @@ class AuditAction(StrEnum):
     album_reconcile = "album:reconcile"
     album_study_add = "album:study:add"
     album_study_remove = "album:study:remove"
+    album_upload = "album:upload"
     api_key_create = "api-key:create"
     api_key_revoke = "api-key:revoke"
     roles_update = "roles:update"
     token_share_create = "token:share:create"
     token_share_revoke = "token:share:revoke"
+    token_upload_create = "token:upload:create"
+    token_upload_revoke = "token:upload:revoke"
 
 
 class Outcome(StrEnum):

@@ -156,6 +156,58 @@ def main_config_doc(fmt: str) -> None:
     click.echo(markdown_table() if fmt == "markdown" else example_toml(), nl=False)
 
 
+@main.group("keys")
+def main_keys() -> None:
+    """Make token key rings (AUTHSVC_UPLOAD_TOKEN_KEYS). Prints to stdout only; logs nothing."""
+
+
+@main_keys.command("generate")
+@click.option("--key-id", default=None, help="Id of the new key (default: random k<8 hex>).")
+def main_keys_generate(key_id: str | None) -> None:
+    """Print a new key ring holding one fresh key."""
+    from authsvc.sealing import generate_key
+
+    click.echo(generate_key(key_id))
+
+
+@main_keys.command("rotate")
+@click.option(
+    "--current",
+    "current",
+    default=None,
+    help="The ring in use now (default: read AUTHSVC_UPLOAD_TOKEN_KEYS from the configuration).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 20),
+    default=None,
+    help="Keep only this many old keys (drop the oldest; their tokens stop working).",
+)
+@click.option("--key-id", default=None, help="Id of the new key (default: random k<8 hex>).")
+@_fail_on_config_error
+def main_keys_rotate(current: str | None, keep: int | None, key_id: str | None) -> None:
+    """Print the ring with a fresh key first, followed by the current keys.
+
+    Deploy the printed value to every replica: new tokens are sealed with the new key, and
+    tokens sealed with the old keys keep opening until you drop those keys (after the longest
+    token lifetime, `upload_token_max_lifetime`).
+    """
+    from authsvc.config import load_settings
+    from authsvc.sealing import KeyRing
+    from authsvc.sealing import generate_key
+
+    text = current if current is not None else load_settings().upload_token_keys
+    items = [item for item in text.replace(",", " ").split() if item]
+    if items:
+        KeyRing.from_text(" ".join(items), setting="current key ring")  # refuse a broken ring
+    new = generate_key(key_id)
+    if new.split(":", 1)[0] in {item.split(":", 1)[0] for item in items}:
+        raise click.UsageError("the new key id is already in the ring; choose another --key-id")
+    if keep is not None:
+        items = items[:keep]
+    click.echo(",".join([new, *items]))
+
+
 @main.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 @_fail_on_config_error

@@ -430,6 +430,31 @@ class Settings:
     readiness_timeout: float = setting(
         2.0, _float(0.1), "Seconds each dependency check of `/readyz` may take."
     )
+    upload_token_keys: str = setting(
+        "",
+        _key_ring,
+        "Key ring sealing upload and album-read tokens: `kid:base64url` items, newest first "
+        "(`authsvc keys rotate`). Empty in production: upload tokens are refused.",
+        secret=True,
+        example="CHANGE-ME:Q0hBTkdFLU1FLXJ1bi1hdXRoc3ZjLWtleXMtZ2VuISE",
+    )
+    upload_token_header: str = setting(
+        "upload-token",
+        _nonempty,
+        "Request header that may carry an upload token (besides `Authorization: Bearer`).",
+    )
+    upload_token_default_lifetime: int = setting(
+        86_400, _int(60), "Seconds an upload token lives when the issuer names no lifetime."
+    )
+    upload_token_max_lifetime: int = setting(
+        2_592_000, _int(60), "Longest upload token lifetime that may be requested, in seconds."
+    )
+    upload_max_bytes: int = setting(
+        4_294_967_296, _int(1024), "Largest upload request body (STOW-RS, DICOM or ZIP), in bytes."
+    )
+    upload_max_instances: int = setting(
+        10_000, _int(1), "Most DICOM instances one upload request may carry."
+    )
 
     # -- derived values -------------------------------------------------------------------
 
@@ -457,6 +482,7 @@ REQUIRED_SECRETS: tuple[str, ...] = ("secret_key",)
 _DEV_GENERATED: Mapping[str, Callable[[], str]] = {
     "secret_key": lambda: secrets.token_urlsafe(48),
     "share_token_keys": lambda: generate_key("dev"),
+    "upload_token_keys": lambda: generate_key("dev"),
 }
 
 

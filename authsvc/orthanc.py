@@ -18,6 +18,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from typing import IO
 from typing import Any
 
 import requests
@@ -136,6 +137,35 @@ class OrthancClient:
             idempotent=True,
         )
         return result
+
+    def store_instance(self, body: bytes | IO[bytes]) -> dict[str, Any]:
+        """Store one DICOM file given as bytes or a file object (streamed from its position).
+
+        Bytes are retried like :meth:`upload_instance`; a file object is sent once (it cannot
+        be rewound by the transport), and an outage then surfaces as OrthancUnavailable.
+        """
+        result: dict[str, Any] = self.json(
+            "POST",
+            "/instances",
+            data=body,
+            headers={"Content-Type": "application/dicom"},
+            idempotent=isinstance(body, bytes),
+        )
+        return result
+
+    def study_instance_uid(self, study_id: str) -> str | None:
+        """Return the StudyInstanceUID of a study (Orthanc id), or None if Orthanc has none."""
+        study = self.json("GET", f"/studies/{study_id}")
+        tags = study.get("MainDicomTags") if isinstance(study, dict) else None
+        uid = tags.get("StudyInstanceUID") if isinstance(tags, dict) else None
+        return uid if isinstance(uid, str) else None
+
+    def series_instance_uid(self, series_id: str) -> str | None:
+        """Return the SeriesInstanceUID of a series (Orthanc id), or None."""
+        series = self.json("GET", f"/series/{series_id}")
+        tags = series.get("MainDicomTags") if isinstance(series, dict) else None
+        uid = tags.get("SeriesInstanceUID") if isinstance(tags, dict) else None
+        return uid if isinstance(uid, str) else None
 
     def study_labels(self, study_id: str) -> list[str]:
         """Return the labels of a study (Orthanc id)."""

@@ -47,6 +47,8 @@ class Services:
     share_tokens: ShareTokenService
     decisions: DecisionCounters
     users: UserDirectory
+    #: Seals and opens upload / album-read tokens; None when ``upload_token_keys`` is unset.
+    upload_keys: KeyRing | None = None
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -80,6 +82,11 @@ def init_app(app: Flask, settings: Settings) -> None:
         share_tokens=build_share_tokens(settings, orthanc),
         decisions=DecisionCounters(),
         users=UserDirectory(),
+        upload_keys=(
+            KeyRing.from_text(settings.upload_token_keys, setting="AUTHSVC_UPLOAD_TOKEN_KEYS")
+            if settings.upload_token_keys
+            else None
+        ),
     )
 
 

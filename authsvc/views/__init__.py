@@ -13,6 +13,7 @@ from authsvc.views import openapi
 from authsvc.views import ops
 from authsvc.views import plugin
 from authsvc.views import requests as request_hooks
+from authsvc.views import uploads
 
 
 def register_blueprints(app: Flask) -> None:
@@ -23,3 +24,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(albums_api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(uploads.bp)

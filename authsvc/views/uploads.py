@@ -1,0 +1,386 @@
+"""Upload tokens (JSON API) and the album upload endpoints (STOW-RS and plain uploads).
+
+* ``POST /api/albums/<id>/upload-tokens`` — issue (contributor+); the token is in this answer
+  only. ``GET`` lists (managers: all; contributors: their own); ``DELETE …/<token id>``
+  revokes.
+* ``POST /dicom-web/albums/<id>/studies`` — STOW-RS into the album; answers in DICOM JSON.
+* ``POST /api/albums/<id>/uploads`` — DICOM files, ZIP archives or form uploads; answers JSON.
+
+Uploads accept an upload token (``Authorization: Bearer up1.…`` or the ``upload_token_header``)
+or the credentials of a user who is at least contributor in the album (Keycloak token, API
+key). The credential is checked, and a token use reserved, before the body is read, so a
+refused request never sends a byte to Orthanc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flask import Blueprint
+from flask import Response
+from flask import jsonify
+from flask import request
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from authsvc import audit
+from authsvc import upload_token_records as records
+from authsvc import uploads
+from authsvc.albums import Caller
+from authsvc.albums import album_role
+from authsvc.albums import caller_for
+from authsvc.audit import AuditAction
+from authsvc.audit import Outcome
+from authsvc.errors import AuthsvcError
+from authsvc.errors import Forbidden
+from authsvc.errors import NotFound
+from authsvc.errors import OrthancUnavailable
+from authsvc.errors import TokenInvalid
+from authsvc.extensions import db
+from authsvc.models import Album
+from authsvc.orthanc import OrthancClient
+from authsvc.policy import Action
+from authsvc.policy import Denied
+from authsvc.policy import decide
+from authsvc.sealing import Purpose
+from authsvc.sealing import token_purpose
+from authsvc.services import services
+from authsvc.views.auth import bearer_from_header
+from authsvc.views.auth import current_actor
+from authsvc.views.auth import require_identity
+from authsvc.views.requests import json_body
+
+bp = Blueprint("uploads", __name__)
+
+
+def _caller() -> Caller:
+    """Return the authenticated caller (401 for anonymous or bad credentials)."""
+    identity = require_identity()
+    return caller_for(identity, current_actor())
+
+
+def _limits() -> records.TokenLimits:
+    settings = services().settings
+    return records.TokenLimits(
+        default_lifetime=settings.upload_token_default_lifetime,
+        max_lifetime=settings.upload_token_max_lifetime,
+    )
+
+
+# --- upload tokens ---------------------------------------------------------------------------
+
+
+@bp.post("/api/albums/<album_id>/upload-tokens")
+def issue_upload_token(album_id: str) -> tuple[Response, int]:
+    """Issue an upload token; the answer is the only place the token ever appears."""
+    caller = _caller()
+    body = json_body(allow_empty=True)
+    issued = records.issue(caller, album_id, body, ring=services().upload_keys, limits=_limits())
+    response = jsonify({**records.token_json(issued.row), "token": issued.token})
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
+
+
+@bp.get("/api/albums/<album_id>/upload-tokens")
+def list_upload_tokens(album_id: str) -> Response:
+    """List the album's upload tokens the caller may see (never the tokens themselves)."""
+    rows = records.list_tokens(_caller(), album_id)
+    return jsonify({"items": [records.token_json(row) for row in rows]})
+
+
+@bp.delete("/api/albums/<album_id>/upload-tokens/<token_id>")
+def revoke_upload_token(album_id: str, token_id: str) -> Response:
+    """Revoke one upload token (idempotent)."""
+    row = records.revoke(_caller(), album_id, token_id)
+    return jsonify(records.token_json(row))
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Uploader:
+    """Who is uploading into which album, as the audit trail names them."""
+
+    album: Album
+    audit_name: str
+    token_id: str | None = None
+
+
+def _presented_upload_token() -> str | None:
+    """Return the upload token the request carries, if any (not yet checked)."""
+    header = services().settings.upload_token_header
+    value = (request.headers.get(header) or "").strip()
+    if value:
+        return bearer_from_header(value) or value
+    bearer = bearer_from_header(request.headers.get("Authorization"))
+    if bearer is None:
+        return None
+    purpose = token_purpose(bearer)
+    if purpose is Purpose.UPLOAD:
+        return bearer
+    if purpose is not None:
+        raise TokenInvalid("This is not an upload token.")
+    return None  # a Keycloak token or an API key: the user path
+
+
+def _uploader(album_id: str) -> _Uploader:
+    """Authenticate the upload and check it may go into the album; reserve a token use.
+
+    :raise 401: bad, expired, revoked or used-up token; bad user credentials.
+    :raise 403: a token for another album; a member below contributor.
+    :raise 404: no such album (or the user is not a member).
+    """
+    try:
+        token = _presented_upload_token()
+        grant = (
+            records.authorize(services().upload_keys, token, album_id)
+            if token is not None
+            else None
+        )
+    except AuthsvcError as exc:
+        db.session.rollback()
+        audit.record(
+            AuditAction.album_upload,
+            "upload-token",
+            f"album:{album_id}"[:200],
+            Outcome.denied,
+            {"reason": exc.code, "message": exc.message},
+        )
+        db.session.commit()
+        raise
+    if grant is not None:
+        row, album = grant
+        return _Uploader(album=album, audit_name=f"upload-token:{row.id}", token_id=row.id)
+    caller = _caller()
+    found: Album | None = db.session.get(Album, album_id) if len(album_id) <= 64 else None
+    if found is None:
+        raise NotFound("No such album.")
+    album = found
+    decision = decide(caller.actor, Action.ALBUM_UPLOAD, album_role=album_role(caller, album.id))
+    if not decision:
+        audit.record(
+            AuditAction.album_upload,
+            caller.name,
+            f"album:{album.id}",
+            Outcome.denied,
+            {"reason": decision.reason},
+        )
+        db.session.commit()
+        if isinstance(decision, Denied) and decision.conceal:
+            raise NotFound("No such album.")
+        raise Forbidden(f"Not allowed: {decision.reason}.")
+    return _Uploader(album=album, audit_name=caller.name)
+
+
+class _RequestStream:
+    """The request body as a domain ``Readable``: werkzeug's errors become ours."""
+
+    def __init__(self) -> None:
+        try:
+            self._stream = request.stream
+        except RequestEntityTooLarge as exc:
+            raise uploads.UploadTooLarge(
+                "The upload is larger than the limit of "
+                f"{services().settings.upload_max_bytes} bytes."
+            ) from exc
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._stream.read(size)
+        except RequestEntityTooLarge as exc:
+            raise uploads.UploadTooLarge(
+                "The upload is larger than the limit of "
+                f"{services().settings.upload_max_bytes} bytes."
+            ) from exc
+        except ClientDisconnected as exc:
+            raise uploads.MalformedUpload(
+                "The body ended before its announced length (client disconnected?)."
+            ) from exc
+
+
+def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
+    """Stream the body into Orthanc and the album; audit; raise when nothing was stored."""
+    settings = services().settings
+    album = uploader.album
+    result: uploads.UploadResult | None = None
+    try:
+        kind, boundary = uploads.classify(request.headers.get("Content-Type"), stow=stow)
+        client: OrthancClient | None = services().orthanc.get(album.server_id)
+        if client is None:
+            raise OrthancUnavailable(f"Orthanc server {album.server_id!r} is not configured.")
+        # This route reads far more than a JSON body: the upload limit replaces the JSON one.
+        request.max_content_length = settings.upload_max_bytes
+        result = uploads.ingest(
+            _RequestStream(),
+            kind,
+            boundary,
+            store=client,
+            sink=uploads.album_sink(album, client, uploader.audit_name),
+            limits=uploads.UploadLimits(
+                max_bytes=settings.upload_max_bytes, max_instances=settings.upload_max_instances
+            ),
+        )
+    except AuthsvcError as exc:
+        _finish(uploader, None, exc)
+        raise
+    _finish(uploader, result, result.error)
+    if not result.stored and result.error is not None:
+        raise result.error
+    return result
+
+
+def _finish(
+    uploader: _Uploader, result: uploads.UploadResult | None, error: AuthsvcError | None
+) -> None:
+    """Give back an unused token use, and write the upload's audit row."""
+    db.session.rollback()
+    stored = bool(result and result.stored)
+    if uploader.token_id is not None and not stored:
+        records.release_use(uploader.token_id)
+    detail: dict[str, Any] = {"token_id": uploader.token_id, "album_id": uploader.album.id}
+    if result is not None:
+        detail.update(result.summary())
+        detail["result"] = result.outcome
+        detail["study_ids"] = list(result.studies)[:100]
+        detail["pending_study_ids"] = [s.study_id for s in result.pending_studies][:100]
+    if error is not None:
+        detail["error"] = error.code
+        detail["error_message"] = error.message
+    audit.record(
+        AuditAction.album_upload,
+        uploader.audit_name,
+        f"album:{uploader.album.id}",
+        Outcome.success if stored else Outcome.failure,
+        detail,
+    )
+    db.session.commit()
+
+
+def _warnings(result: uploads.UploadResult) -> list[str]:
+    """Human-readable notes for the Warning header and the JSON answer."""
+    notes = []
+    if result.pending_studies:
+        notes.append(
+            f"{len(result.pending_studies)} stored study(ies) are not yet in the album; "
+            "authsvc retries labelling them automatically."
+        )
+    if result.error is not None:
+        notes.append(f"The upload stopped early: {result.error.message}")
+    if not result.stored:
+        reasons = sorted({i.reason for i in result.failed if i.reason})
+        notes.append("Nothing was stored: " + " ".join(reasons))
+    return notes
+
+
+def _status(result: uploads.UploadResult) -> int:
+    if not result.stored:
+        return 409
+    if result.failed or result.pending_studies or result.error is not None:
+        return 202
+    return 200
+
+
+def _warning_header(notes: list[str]) -> str:
+    # RFC 7234 299 warnings, as PS3.18 §10.5 uses them; quotes in the text are escaped.
+    return ", ".join(
+        '299 authsvc "{}"'.format(n.replace("\\", "").replace('"', "'")) for n in notes
+    )
+
+
+@bp.post("/dicom-web/albums/<album_id>/studies")
+def stow(album_id: str) -> Response:
+    """STOW-RS into an album: store every instance, label every study, answer in DICOM JSON."""
+    uploader = _uploader(album_id)
+    result = _run_upload(uploader, stow=True)
+    client = services().orthanc.get(uploader.album.server_id)
+    base = f"{request.host_url}dicom-web/albums/{uploader.album.id}"
+    body = stow_response(result, base, client)
+    response = jsonify(body)
+    response.status_code = _status(result)
+    response.mimetype = "application/dicom+json"
+    notes = _warnings(result)
+    if notes:
+        response.headers["Warning"] = _warning_header(notes)
+    return response
+
+
+@bp.post("/api/albums/<album_id>/uploads")
+def upload(album_id: str) -> Response:
+    """Upload DICOM files or ZIP archives into an album; answer a per-file JSON report."""
+    uploader = _uploader(album_id)
+    result = _run_upload(uploader, stow=False)
+    response = jsonify(
+        {
+            "album_id": uploader.album.id,
+            "complete": result.error is None,
+            "summary": result.summary(),
+            "instances": [i.to_json() for i in result.instances],
+            "studies": [s.to_json() for s in result.studies.values()],
+            "warnings": _warnings(result),
+            "error": _report_error(result),
+        }
+    )
+    response.status_code = 422 if not result.stored else _status(result)
+    return response
+
+
+def _report_error(result: uploads.UploadResult) -> dict[str, Any] | None:
+    if result.error is not None:
+        return result.error.to_dict()
+    if not result.stored:
+        reasons = sorted({i.reason for i in result.failed if i.reason})
+        return {"error": "nothing-stored", "message": "Nothing was stored: " + " ".join(reasons)}
+    return None
+
+
+def stow_response(
+    result: uploads.UploadResult, base: str, client: OrthancClient | None
+) -> dict[str, Any]:
+    """Build the STOW-RS answer (PS3.18 §10.5.3): referenced and failed SOP sequences."""
+    study_uids = {s.study_id: s.study_instance_uid for s in result.studies.values()}
+    series_uids: dict[str, str | None] = {}
+
+    def series_uid(series_id: str | None) -> str | None:
+        if series_id is None or client is None:
+            return None
+        if series_id not in series_uids:
+            try:
+                series_uids[series_id] = client.series_instance_uid(series_id)
+            except AuthsvcError:
+                series_uids[series_id] = None  # the URL is a convenience; leave it out
+        return series_uids[series_id]
+
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for item in result.instances:
+        entry: dict[str, Any] = {}
+        if item.sop_class_uid:
+            entry["00081150"] = {"vr": "UI", "Value": [item.sop_class_uid]}
+        if item.sop_instance_uid:
+            entry["00081155"] = {"vr": "UI", "Value": [item.sop_instance_uid]}
+        if item.stored:
+            study_uid = study_uids.get(item.study_id or "")
+            series = series_uid(item.series_id)
+            if study_uid and series and item.sop_instance_uid:
+                url = (
+                    f"{base}/studies/{study_uid}/series/{series}/instances/{item.sop_instance_uid}"
+                )
+                entry["00081190"] = {"vr": "UR", "Value": [url]}
+            referenced.append(entry)
+        elif item.status == "failed":
+            entry["00081197"] = {
+                "vr": "US",
+                "Value": [item.failure_code or uploads.FAILURE_PROCESSING],
+            }
+            failed.append(entry)
+    body: dict[str, Any] = {}
+    uids = [uid for uid in study_uids.values() if uid]
+    if len(uids) == 1 and len(study_uids) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{uids[0]}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    return body
