@@ -1,0 +1,127 @@
+"""The compose stack's authsvc, for real: the environment docker-compose.yml gives it, with only
+the addresses of its neighbours moved to this machine, serves the plugin callbacks for the demo
+accounts of the kit's realm with the kit's roles file, and reports ready.
+
+Neighbours: the test IdP serving config/keycloak/orthanc-realm.json (Keycloak stand-in),
+Orthanc on config/orthanc/ (the plugin-free service Orthanc, with the .env credentials), and
+SQLite in place of the stack's PostgreSQL. Everything else — secrets from make-env.py, the
+plugin credentials, audiences, client ids, admin roles, the roles file — is the stack's own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import services
+from tests.deploy import files
+from tests.deploy.conftest import KitOrthanc
+from tests.deploy.test_names import EXPECTED_PROFILES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack_env(
+    kit_state: Path,
+    dotenv: dict[str, str],
+    kit_idp: services.IdpService,
+    internal_orthanc: KitOrthanc,
+) -> dict[str, str]:
+    """authsvc's environment from docker-compose.yml, neighbours moved to loopback."""
+    env = files.interpolated_environment("docker-compose.yml", "authsvc", dotenv)
+    moved = {
+        "AUTHSVC_DATABASE_URL": f"sqlite:///{kit_state / 'stack-authsvc.sqlite3'}",
+        "AUTHSVC_DATA_DIR": str(kit_state / "stack-authsvc"),
+        "AUTHSVC_OIDC_ISSUER": kit_idp.issuer,
+        "AUTHSVC_OIDC_DISCOVERY_URL": kit_idp.discovery_url,
+        "AUTHSVC_OIDC_JWKS_URL": kit_idp.jwks_url,
+        "AUTHSVC_ORTHANC_URL": internal_orthanc.url,
+        "AUTHSVC_ROLES_FILE": str(files.ROLES_FILE),
+    }
+    assert set(moved) - {"AUTHSVC_DATA_DIR"} <= set(env), "the compose file changed shape"
+    # start_gunicorn_app chooses the address (loopback, a free port) and one worker.
+    kept = {k: v for k, v in env.items() if k not in ("AUTHSVC_BIND", "AUTHSVC_WORKERS")}
+    return {**kept, **moved}
+
+
+@pytest.fixture(scope="module")
+def stack_authsvc(kit_state: Path, stack_env: dict[str, str]) -> Iterator[services.Service]:
+    """`authsvc init-db` (the authsvc-init job), then `authsvc` under gunicorn."""
+    authsvc = Path(sys.prefix) / "bin" / "authsvc"
+    init = subprocess.run(
+        [str(authsvc), "init-db"],
+        env={**stack_env, "PATH": str(authsvc.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert init.returncode == 0, init.stdout + init.stderr
+    service = services.start_gunicorn_app(
+        kit_state / "stack-authsvc-run", services.free_port(), stack_env
+    )
+    yield service
+    service.stop()
+
+
+def _profile(
+    authsvc: services.Service, dotenv: dict[str, str], token: str, *, password: str | None = None
+) -> requests.Response:
+    credentials = (
+        dotenv["AUTHSVC_PLUGIN_USERNAME"],
+        dotenv["AUTHSVC_PLUGIN_PASSWORD"] if password is None else password,
+    )
+    return requests.post(
+        f"{authsvc.url}/user/get-profile",
+        json={"token-key": "token", "token-value": token, "server-id": None},
+        auth=credentials,
+        timeout=10,
+    )
+
+
+def test_stack_authsvc_is_ready(stack_authsvc: services.Service) -> None:
+    """/readyz: the database, the service Orthanc (with its .env credentials) and the IdP."""
+    answer = requests.get(f"{stack_authsvc.url}/readyz", timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("username", sorted(EXPECTED_PROFILES))
+def test_plugin_profile_of_each_demo_account(
+    stack_authsvc: services.Service,
+    kit_idp: services.IdpService,
+    dotenv: dict[str, str],
+    username: str,
+) -> None:
+    """What the plugin hears for each demo account is the documented profile."""
+    token = kit_idp.password_token(username, client_id="orthanc")["access_token"]
+    answer = _profile(stack_authsvc, dotenv, token)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    permissions, labels = EXPECTED_PROFILES[username]
+    assert set(body["permissions"]) == permissions
+    assert set(body["authorized-labels"]) == labels
+    assert body["validity"] > 0
+
+
+def test_plugin_callbacks_refuse_other_credentials(
+    stack_authsvc: services.Service, kit_idp: services.IdpService, dotenv: dict[str, str]
+) -> None:
+    """The plugin's password from .env is the only way in."""
+    token = kit_idp.password_token("demo-admin", client_id="orthanc")["access_token"]
+    assert _profile(stack_authsvc, dotenv, token, password="wrong").status_code == 401
+
+
+def test_roles_file_was_imported(stack_authsvc: services.Service, dotenv: dict[str, str]) -> None:
+    """GET /settings/roles answers the kit's roles file (imported on first start)."""
+    answer = requests.get(
+        f"{stack_authsvc.url}/settings/roles",
+        auth=(dotenv["AUTHSVC_PLUGIN_USERNAME"], dotenv["AUTHSVC_PLUGIN_PASSWORD"]),
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()["roles"]) == set(files.roles().roles)
