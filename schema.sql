@@ -141,6 +141,22 @@ CREATE TABLE upload_token (
 );
 CREATE INDEX ix_upload_token_album_id ON upload_token (album_id, created_at);
 
+-- Album read tokens: read access to one whole album (album DICOMweb, the nginx gate), for an
+-- external viewer or tool. The sealed token is shown once; this row is what can be revoked.
+CREATE TABLE album_read_token (
+    id            TEXT PRIMARY KEY,            -- token id (the sealed token's jti)
+    album_id      TEXT NOT NULL REFERENCES album (id) ON DELETE CASCADE,
+    server_id     TEXT NOT NULL,               -- Orthanc server the token is bound to ('' = default)
+    created_by    TEXT NOT NULL,               -- subject of the issuer
+    created_at    TIMESTAMPTZ NOT NULL,
+    expires_at    TIMESTAMPTZ NOT NULL,
+    revoked_at    TIMESTAMPTZ,
+    revoked_by    TEXT,
+    last_used_at  TIMESTAMPTZ,
+    note          TEXT NOT NULL
+);
+CREATE INDEX ix_album_read_token_album_id ON album_read_token (album_id, created_at);
+
 -- The roles configuration (plugin /settings/roles JSON): one current row, plus its history.
 CREATE TABLE roles_config (
     id          INTEGER PRIMARY KEY,        -- always 1

@@ -37,6 +37,8 @@ class AuditAction(StrEnum):
     api_key_create = "api-key:create"
     api_key_revoke = "api-key:revoke"
     roles_update = "roles:update"
+    token_album_read_create = "token:album-read:create"
+    token_album_read_revoke = "token:album-read:revoke"
     token_share_create = "token:share:create"
     token_share_revoke = "token:share:revoke"
     token_upload_create = "token:upload:create"

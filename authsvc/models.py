@@ -284,6 +284,26 @@ class UploadToken(db.Model):  # type: ignore[name-defined,misc]
     note: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
 
+class AlbumReadToken(db.Model):  # type: ignore[name-defined,misc]
+    """The record of one album read token (shown once, never stored): what can be revoked."""
+
+    __tablename__ = "album_read_token"
+    __table_args__ = (Index("ix_album_read_token_album_id", "album_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    album_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
+    )
+    server_id: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
 class RolesConfigDoc(db.Model):  # type: ignore[name-defined,misc]
     """The current roles configuration: one row (id 1), the plugin's ``/settings/roles`` JSON.
 

@@ -16,6 +16,7 @@ import requests
 from flask import Flask
 from flask import current_app
 
+from authsvc.album_access import RoleCache
 from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.authn import Authenticator
 from authsvc.config import Settings
@@ -28,6 +29,7 @@ from authsvc.sealing import KeyRing
 from authsvc.share_tokens import LegacyShareKey
 from authsvc.share_tokens import OhifDataSource
 from authsvc.share_tokens import PublicRoots
+from authsvc.study_labels import StudyLabelCache
 from authsvc.tokens import ShareTokenService
 from authsvc.users import UserDirectory
 
@@ -49,6 +51,10 @@ class Services:
     users: UserDirectory
     #: Seals and opens upload / album-read tokens; None when ``upload_token_keys`` is unset.
     upload_keys: KeyRing | None = None
+    #: Study -> labels cache of the nginx gate and album DICOMweb (short TTL, per process).
+    study_labels: StudyLabelCache = dataclasses.field(default_factory=StudyLabelCache)
+    #: Principal -> {album label: role} for the gate and album DICOMweb (a few seconds).
+    album_roles: RoleCache = dataclasses.field(default_factory=RoleCache)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -88,6 +94,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             else None
         ),
     )
+    app.extensions["authsvc"].study_labels.listen_to(orthanc)
 
 
 def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareTokenService:

@@ -8,10 +8,13 @@ from __future__ import annotations
 from flask import Flask
 
 from authsvc.views import albums_api
+from authsvc.views import dicomweb
+from authsvc.views import gate
 from authsvc.views import metrics
 from authsvc.views import openapi
 from authsvc.views import ops
 from authsvc.views import plugin
+from authsvc.views import read_tokens
 from authsvc.views import requests as request_hooks
 from authsvc.views import uploads
 
@@ -24,4 +27,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(albums_api.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(gate.bp)
+    app.register_blueprint(dicomweb.bp)
+    app.register_blueprint(read_tokens.bp)
     app.register_blueprint(uploads.bp)

@@ -186,7 +186,14 @@ def test_gate_obeys_denials(gate: services.NginxService, authorization: str, sta
 
 
 @pytest.mark.parametrize(
-    "path", ["/dicom-web/albums/a1/studies", "/api/albums", "/admin", "/admin/albums/a1"]
+    "path",
+    [
+        "/dicom-web/albums/a1/studies",
+        "/api/albums",
+        "/admin",
+        "/admin/albums/a1",
+        "/static/admin.css",
+    ],
 )
 def test_gate_routes_authsvc_paths_to_authsvc(
     gate: services.NginxService, stub_authsvc: StubAuthsvc, path: str
@@ -340,7 +347,9 @@ def test_plugin_proxy_never_exposes_plugin_callbacks(
     assert len(stub_authsvc.seen) == before
 
 
-@pytest.mark.parametrize("path", ["/api/albums", "/admin", "/dicom-web/albums/a1/studies"])
+@pytest.mark.parametrize(
+    "path", ["/api/albums", "/admin", "/dicom-web/albums/a1/studies", "/static/admin.css"]
+)
 def test_plugin_proxy_routes_authsvc_paths_with_forwarded_headers(
     plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
 ) -> None:
