@@ -281,3 +281,69 @@ def test_rotation_reports_the_key_that_opened() -> None:
         now=NOW,
     )
     assert upload_tokens.open_upload_token(rotated, fresh, now=NOW).key_id == "k2"
+
+
+# --- every byte, and rotation through the CLI ----------------------------------------------------
+
+
+def test_flipping_any_bit_of_the_sealed_bytes_is_invalid() -> None:
+    # Below the text layer: every bit of nonce, ciphertext and GCM tag, re-encoded canonically.
+    import base64
+
+    tag, key_id, payload = make().split(".")
+    raw = bytearray(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    for index in range(len(raw)):
+        for bit in range(8):
+            raw[index] ^= 1 << bit
+            forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+            raw[index] ^= 1 << bit
+            with pytest.raises(TokenInvalid) as caught:
+                upload_tokens.open_upload_token(RING, f"{tag}.{key_id}.{forged}", now=NOW)
+            assert type(caught.value) is TokenInvalid
+
+
+def test_not_before_is_enforced_for_upload_tokens() -> None:
+    token = make(now=NOW + timedelta(hours=1))
+    with pytest.raises(TokenExpired, match="not valid yet"):
+        upload_tokens.open_upload_token(RING, token, now=NOW)
+    assert upload_tokens.open_upload_token(RING, token, now=NOW + timedelta(hours=2)).album_id
+
+
+def test_keys_cli_generate_and_rotate_keep_live_tokens_working() -> None:
+    from click.testing import CliRunner
+
+    from authsvc.cli import main
+
+    runner = CliRunner()
+    first = runner.invoke(main, ["keys", "generate", "--key-id", "old"])
+    assert first.exit_code == 0
+    old_ring = KeyRing.from_text(first.output.strip())
+    token = upload_tokens.issue_upload_token(
+        old_ring,
+        token_id="t",
+        album_id="a",
+        server_id=None,
+        issuer="i",
+        lifetime=WEEK,
+        now=NOW,
+    )
+    rotated = runner.invoke(main, ["keys", "rotate", "--current", first.output.strip()])
+    assert rotated.exit_code == 0
+    ring = KeyRing.from_text(rotated.output.strip())
+    assert ring.key_ids[1:] == ("old",) and ring.primary_key_id != "old"
+    # Live tokens keep opening; new ones are sealed with the new key.
+    assert upload_tokens.open_upload_token(ring, token, now=NOW).key_id == "old"
+    fresh = upload_tokens.issue_upload_token(
+        ring, token_id="u", album_id="a", server_id=None, issuer="i", lifetime=WEEK, now=NOW
+    )
+    assert fresh.split(".")[1] == ring.primary_key_id
+    with pytest.raises(TokenInvalid):
+        upload_tokens.open_upload_token(old_ring, fresh, now=NOW)
+    # --keep 1 after a second rotation drops the oldest key.
+    again = runner.invoke(
+        main, ["keys", "rotate", "--current", rotated.output.strip(), "--keep", "1"]
+    )
+    assert again.exit_code == 0
+    assert "old" not in KeyRing.from_text(again.output.strip()).key_ids
+    broken = runner.invoke(main, ["keys", "rotate", "--current", "not-a-ring"])
+    assert broken.exit_code == 2 and "not-a-ring" not in broken.output
