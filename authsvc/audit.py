@@ -7,10 +7,13 @@ never happens without its row. Tags read ``<area>:<subject>:<verb>`` (Warehouse'
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from authsvc.extensions import db
@@ -78,3 +81,65 @@ def record(
     )
     (session if session is not None else db.session).add(event)
     return event
+
+
+# --- reading the trail (admin pages) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What to look for in the audit trail; empty fields match everything.
+
+    ``actor`` and ``subject`` match a substring (case-insensitive), so "alice" finds
+    ``user:alice-sub`` and an album id finds ``album:<id>``; ``action`` matches the tag exactly,
+    or a whole area when it ends with ``:`` (``album:`` finds every album action).
+    ``since`` is inclusive, ``until`` exclusive.
+    """
+
+    actor: str = ""
+    subject: str = ""
+    action: str = ""
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+def _like(text: str) -> str:
+    """Return a LIKE pattern matching ``text`` anywhere, with the wildcards escaped."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search(
+    filters: EventFilter, *, offset: int = 0, limit: int = 100
+) -> tuple[list[AuditEvent], bool]:
+    """Return matching events, newest first, and whether more follow after ``limit``."""
+    query = sa.select(AuditEvent)
+    if filters.actor:
+        query = query.where(sa.func.lower(AuditEvent.actor).like(_like(filters.actor), escape="\\"))
+    if filters.subject:
+        query = query.where(
+            sa.func.lower(AuditEvent.subject).like(_like(filters.subject), escape="\\")
+        )
+    if filters.action.endswith(":"):
+        query = query.where(AuditEvent.action.startswith(filters.action, autoescape=True))
+    elif filters.action:
+        query = query.where(AuditEvent.action == filters.action)
+    if filters.since is not None:
+        query = query.where(AuditEvent.occurred_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(AuditEvent.occurred_at < filters.until)
+    query = query.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+    rows = list(db.session.scalars(query.offset(max(0, offset)).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def describe_detail(detail: Mapping[str, Any] | None) -> str:
+    """Return an event's detail as short ``key: value`` text for people (pages, CSV)."""
+    parts = []
+    for key, value in sorted((detail or {}).items()):
+        if isinstance(value, list | tuple):
+            shown = ", ".join(str(v) for v in value[:20]) + (" …" if len(value) > 20 else "")
+        else:
+            shown = str(value)
+        parts.append(f"{key}: {shown}")
+    return "; ".join(parts)

@@ -340,6 +340,39 @@ class Settings:
     oidc_timeout: float = setting(
         5.0, _float(0.1), "Seconds before a call to the OIDC provider (discovery, JWKS) times out."
     )
+    admin_client_id: str = setting(
+        "",
+        _str,
+        "OIDC client of the admin pages (confidential, standard flow, PKCE). "
+        "Empty: `oidc_client_id`.",
+        example="authsvc-admin",
+    )
+    admin_client_secret: str = setting(
+        "",
+        _str,
+        "Secret of that client. Empty: the admin pages cannot sign anybody in.",
+        secret=True,
+        example="CHANGE-ME-client-secret-from-keycloak",
+    )
+    admin_cookie_secure: bool = setting(
+        True,
+        _bool,
+        "Send the admin session cookie over HTTPS only. Set false only for plain-HTTP development.",
+    )
+    admin_session_lifetime: int = setting(
+        28_800,
+        _int(300, 604_800),
+        "Seconds an admin-page sign-in lasts before the user must sign in again.",
+    )
+    study_viewers: tuple[dict[str, Any], ...] = setting(
+        (),
+        _json_list,
+        "Viewers the album page links studies to: a list of `{name, url}` (JSON in the "
+        "environment), the URL containing `{StudyInstanceUID}` (and optionally "
+        "`{OrthancStudyId}`).",
+        example='[{ name = "OHIF", url = "https://pacs.example/ohif/viewer?StudyInstanceUIDs='
+        '{StudyInstanceUID}" }]',
+    )
     api_key_header: str = setting("api-key", _nonempty, "Request header that carries an API key.")
     admin_roles: tuple[str, ...] = setting(
         (),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from authsvc.views import admin
 from authsvc.views import albums_api
 from authsvc.views import dicomweb
 from authsvc.views import gate
@@ -23,6 +24,7 @@ def register_blueprints(app: Flask) -> None:
     """Register every blueprint and the per-request hooks."""
     request_hooks.init_app(app)
     app.register_blueprint(ops.bp)
+    admin.init_app(app, app.extensions["authsvc"].settings)
     app.register_blueprint(plugin.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(albums_api.bp)

@@ -49,13 +49,8 @@ def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
     return result
 
 
-@bp.get("/readyz")
-def readyz() -> Response:
-    """Ready when the database answers, and every configured Orthanc and OIDC provider too.
-
-    :return 200: every dependency answered.
-    :return 503: at least one did not; ``checks`` says which and why.
-    """
+def dependency_checks() -> dict[str, dict[str, Any]]:
+    """Check the database, every Orthanc server and the OIDC provider; one entry per check."""
     settings = services().settings
     timeout = settings.readiness_timeout
     checks: dict[str, dict[str, Any]] = {"database": _timed(lambda: database.ping(db.engine))}
@@ -76,6 +71,17 @@ def readyz() -> Response:
             return {}
 
         checks["oidc"] = _timed(oidc_check)
+    return checks
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Ready when the database answers, and every configured Orthanc and OIDC provider too.
+
+    :return 200: every dependency answered.
+    :return 503: at least one did not; ``checks`` says which and why.
+    """
+    checks = dependency_checks()
     ready = all(check["ok"] for check in checks.values())
     response = jsonify(status="ready" if ready else "not-ready", checks=checks)
     response.status_code = 200 if ready else 503
