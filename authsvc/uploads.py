@@ -23,6 +23,7 @@ No Flask here: the view passes the request stream and the content type in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import shutil
@@ -30,6 +31,8 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 from typing import Any
 from typing import Final
@@ -565,6 +568,18 @@ class _Ingest:
         self.limits = limits
         self.result = result
         self.unpacked = 0  # decompressed bytes of ZIP members
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authsvc-upload")
+        self._in_flight: (
+            tuple[Future[dict[str, Any]], tempfile.SpooledTemporaryFile[bytes], InstanceOutcome]
+            | None
+        ) = None
+
+    def close(self) -> None:
+        """Stop the sender thread (waiting for a request still in flight)."""
+        self._sender.shutdown(wait=True)
+        if self._in_flight is not None:
+            self._in_flight[1].close()
+            self._in_flight = None
 
     def _next(self, name: str | None) -> InstanceOutcome:
         if len(self.result.instances) >= self.limits.max_instances:
@@ -597,7 +612,8 @@ class _Ingest:
             outcome.reason = "Not a DICOM file (no DICM marker at byte 128)."
             outcome.failure_code = FAILURE_CANNOT_UNDERSTAND
             return
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+        try:
             spool.write(head)
             meta = bytearray(head)
             while chunk := source.read(CHUNK_BYTES):
@@ -605,21 +621,50 @@ class _Ingest:
                     meta += chunk[: 4096 - len(meta)]
                 spool.write(chunk)
             outcome.sop_class_uid, outcome.sop_instance_uid = meta_uids(bytes(meta))
-            self._send(spool, outcome)
+        except BaseException:
+            spool.close()
+            raise
+        self._send(spool, outcome)
 
     def _send(self, spool: tempfile.SpooledTemporaryFile[bytes], outcome: InstanceOutcome) -> None:
+        """Hand one complete instance to the sender thread, after the previous one is done.
+
+        One instance is in flight to Orthanc while the next is read from the client, so the
+        two overlap; the answer of each is handled here, on the request's own thread (the
+        study sink uses the database session), and memory holds at most two instances.
+        """
+        try:
+            self.flush()
+        except BaseException:
+            spool.close()  # this instance is never sent: the upload stops here
+            raise
         size = spool.tell()
         spool.seek(0)
         body: bytes | IO[bytes]
-        # Small files are still in memory: send them as bytes (retried on a connection error).
-        body = spool.read() if size <= SPOOL_MEMORY_BYTES else spool
+        if size <= SPOOL_MEMORY_BYTES:
+            # Still in memory: send as bytes (which the client may retry after a reset).
+            body = spool.read()
+            spool.close()
+        else:
+            body = spool  # streamed from the temporary file, closed once Orthanc answered
+        future = self._sender.submit(self.store.store_instance, body)
+        self._in_flight = (future, spool, outcome)
+
+    def flush(self) -> None:
+        """Wait for the instance in flight (if any) and record Orthanc's answer."""
+        if self._in_flight is None:
+            return
+        future, spool, outcome = self._in_flight
+        self._in_flight = None
         try:
-            answer = self.store.store_instance(body)
+            answer = future.result()
         except OrthancError as exc:
             # Orthanc answered 4xx: this instance is bad (e.g. a corrupt dataset); go on.
             outcome.reason = "Orthanc refused the instance" + _orthanc_reason(exc)
             outcome.failure_code = FAILURE_PROCESSING
             return
+        finally:
+            spool.close()
         study_id = answer.get("ParentStudy")
         instance_id = answer.get("ID")
         if not isinstance(study_id, str) or not isinstance(instance_id, str):
@@ -752,20 +797,29 @@ def ingest(
             if kind == UploadKind.ZIP and head[:4] not in _ZIP_MAGIC:
                 raise MalformedUpload("The body is not a ZIP archive.")
             state.item(source, None, allow_zip=kind == UploadKind.ZIP)
+        state.flush()
         if not result.instances:
             raise MalformedUpload("The upload contains no file.")
         if not any(i.status != "skipped" for i in result.instances):
             raise MalformedUpload("The ZIP archive contains no DICOM file.")
-    except (BadRequest, PayloadTooLarge, DependencyUnavailable) as exc:
+    except _STOPPING_ERRORS as exc:
         result.error = exc
+        # The instance still in flight when the upload stopped may well have been stored.
+        with contextlib.suppress(*_STOPPING_ERRORS):
+            state.flush()
         for outcome in result.instances:
             if not outcome.stored and outcome.reason is None:
                 # The item in progress when the upload stopped: never sent, or not confirmed.
                 outcome.reason = f"Not stored: {exc.message}"
                 outcome.failure_code = FAILURE_PROCESSING
     finally:
+        state.close()
         result.bytes_read = reader.count
     return result
+
+
+#: What stops an upload early (reported with what was stored), as opposed to bugs.
+_STOPPING_ERRORS: Final = (BadRequest, PayloadTooLarge, DependencyUnavailable)
 
 
 class _Prefixed:

@@ -269,9 +269,10 @@ def test_orthanc_going_away_stops_the_upload_and_keeps_what_was_stored() -> None
     down = OrthancUnavailable("Orthanc is unreachable.")
     result, store, sink = run(multipart(INSTANCES), store=Store(fail={2: down}))
     assert isinstance(result.error, OrthancUnavailable)
-    assert [i.status for i in result.instances] == ["stored", "stored", "failed"]
+    assert [i.status for i in result.instances] == ["stored", "stored", "failed", "failed"]
     assert "unreachable" in (result.instances[2].reason or "")
-    assert len(store.bodies) == 3  # the 4th instance was never read from the client
+    assert "Not stored" in (result.instances[3].reason or "")
+    assert len(store.bodies) == 3  # the 4th instance was never sent
     assert len(sink.studies) == 1
 
 
