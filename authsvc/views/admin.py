@@ -69,6 +69,7 @@ from authsvc.errors import IdentityProviderUnavailable
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
+from authsvc.models import Album
 from authsvc.models import ApiKey
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
@@ -392,8 +393,11 @@ def _audit_filters() -> tuple[audit.EventFilter, list[str]]:
         start = dt.datetime.combine(date, dt.time.min, tzinfo=dt.UTC)
         return start + dt.timedelta(days=1) if end else start
 
+    actor = (request.args.get("actor") or "").strip()[:200]
+    # People are filtered by username: the trail names them by their (opaque) subject id.
+    person = admin_sessions.find_user(actor) if actor else None
     filters = audit.EventFilter(
-        actor=(request.args.get("actor") or "").strip()[:200],
+        actor=person.subject if person is not None else actor,
         subject=(request.args.get("album") or "").strip()[:200],
         action=(request.args.get("action") or "").strip()[:200],
         since=day("from", end=False),
@@ -414,8 +418,20 @@ def audit_trail() -> str:
     events, has_more = audit.search(
         filters, offset=(page - 1) * AUDIT_PAGE_SIZE, limit=AUDIT_PAGE_SIZE
     )
+    subjects = {
+        e.actor.split(":", 1)[1] for e in events if e.actor.startswith(("user:", "apikey-owner:"))
+    }
+    album_ids = {e.subject[6:] for e in events if e.subject and e.subject.startswith("album:")}
+    album_names = {
+        row.id: row.name
+        for row in db.session.execute(
+            sa.select(Album.id, Album.name).where(Album.id.in_(sorted(album_ids)))
+        )
+    }
     return render_template(
         "admin/audit.html",
+        people=admin_sessions.known_users(sorted(subjects)),
+        album_names=album_names,
         events=events,
         filters=filters,
         args=request.args,

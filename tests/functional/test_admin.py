@@ -567,3 +567,12 @@ def test_roles_grid_shows_and_saves_the_plugin_roles(db_app: Flask, mock: rm.Moc
     with db_app.app_context():
         actions = db.session.scalars(sa.select(AuditEvent.action)).all()
     assert "roles:update" in actions
+
+
+def test_audit_trail_names_people_and_albums(db_app: Flask, orthanc: FakeOrthanc) -> None:
+    client = sign_in(db_app, ROOT)
+    album_id = make_album(client, "Named album")
+    page = client.get("/admin/audit?actor=ROOT")
+    assert 'Root <span class="hint">(root)</span>' in page.text
+    assert f'href="/admin/albums/{album_id}">Named album</a>' in page.text
+    assert "album:create" in page.text
