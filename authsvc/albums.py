@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import re
 import secrets
@@ -336,33 +337,50 @@ def check_page(offset: object, limit: object, *, default_limit: int = 50) -> tup
 # --- loading and deciding -------------------------------------------------------------------------
 
 
-def _principal_filter(
+def _principal_conditions(
     subject: str, groups: Iterable[str], email: str | None
-) -> sa.ColumnElement[bool]:
-    """The SQL condition "this member row names one of these principals"."""
-    clauses: list[sa.ColumnElement[bool]] = []
+) -> list[tuple[PrincipalKind, sa.ColumnElement[bool]]]:
+    """One SQL condition per kind of principal the caller is (user, groups, e-mail)."""
+    out: list[tuple[PrincipalKind, sa.ColumnElement[bool]]] = []
     if subject:
-        clauses.append(
-            sa.and_(
-                AlbumMember.principal_kind == PrincipalKind.USER.value,
-                AlbumMember.principal == subject,
+        out.append(
+            (
+                PrincipalKind.USER,
+                sa.and_(
+                    AlbumMember.principal_kind == PrincipalKind.USER.value,
+                    AlbumMember.principal == subject,
+                ),
             )
         )
     group_list = sorted({normalize_group(g) for g in groups if normalize_group(g)})
     if group_list:
-        clauses.append(
-            sa.and_(
-                AlbumMember.principal_kind == PrincipalKind.GROUP.value,
-                AlbumMember.principal.in_(group_list),
+        out.append(
+            (
+                PrincipalKind.GROUP,
+                sa.and_(
+                    AlbumMember.principal_kind == PrincipalKind.GROUP.value,
+                    AlbumMember.principal.in_(group_list),
+                ),
             )
         )
     if email:
-        clauses.append(
-            sa.and_(
-                AlbumMember.principal_kind == PrincipalKind.EMAIL.value,
-                AlbumMember.principal == email.lower(),
+        out.append(
+            (
+                PrincipalKind.EMAIL,
+                sa.and_(
+                    AlbumMember.principal_kind == PrincipalKind.EMAIL.value,
+                    AlbumMember.principal == email.lower(),
+                ),
             )
         )
+    return out
+
+
+def _principal_filter(
+    subject: str, groups: Iterable[str], email: str | None
+) -> sa.ColumnElement[bool]:
+    """The SQL condition "this member row names one of these principals"."""
+    clauses = [condition for _kind, condition in _principal_conditions(subject, groups, email)]
     return sa.or_(*clauses) if clauses else sa.false()
 
 
@@ -528,6 +546,7 @@ def create_album(
     db.session.add(
         AlbumMember(
             album_id=album.id,
+            album_label=album.label,
             principal_kind=PrincipalKind.USER.value,
             principal=caller.subject,
             role=AlbumRole.OWNER.value,
@@ -765,6 +784,7 @@ def invite_member(
         )
     member = AlbumMember(
         album_id=album.id,
+        album_label=album.label,
         principal_kind=pkind.value,
         principal=value,
         role=new_role.value,
@@ -889,6 +909,34 @@ def leave_album(caller: Caller, album_id: str) -> None:
 # --- profile seam -------------------------------------------------------------------------------
 
 
+@functools.cache
+def _grants_statement(groups: bool, email: bool) -> sa.TextClause:
+    """The profile query: one index-only range scan of ix_album_member_principal per kind of
+    principal, glued with UNION ALL. An OR would make PostgreSQL fall back to a bitmap heap
+    scan, and a join with ``album`` would cost more than the scans (hence ``album_label``).
+    Plain prepared text: building and compiling an expression per call cost more than the
+    query itself (measured in bench/albums.py).
+    """
+    parts = [
+        "SELECT album_label, principal_kind FROM album_member"
+        " WHERE principal_kind = 'user' AND principal = :subject"
+    ]
+    if groups:
+        parts.append(
+            "SELECT album_label, principal_kind FROM album_member"
+            " WHERE principal_kind = 'group' AND principal IN :groups"
+        )
+    if email:
+        parts.append(
+            "SELECT album_label, principal_kind FROM album_member"
+            " WHERE principal_kind = 'email' AND principal = :email"
+        )
+    statement = sa.text(" UNION ALL ".join(parts))
+    if groups:
+        statement = statement.bindparams(sa.bindparam("groups", expanding=True))
+    return statement
+
+
 def album_grants(
     subject: str,
     groups: Iterable[str] = (),
@@ -905,23 +953,30 @@ def album_grants(
     """
     if not subject:
         return frozenset(), frozenset()
-    query = (
-        sa.select(Album.label, AlbumMember.principal_kind)
-        .join(Album, Album.id == AlbumMember.album_id)
-        .where(_principal_filter(subject, groups, email))
-    )
-    if server_id is not None:
-        query = query.where(Album.server_id == server_id)
-    labels: set[str] = set()
-    invited = False
-    for label, kind in db.session.execute(query).all():
-        labels.add(label)
-        invited = invited or kind == PrincipalKind.EMAIL.value
-    if invited and bind and email:
-        bind_invitations(subject, email)
+    group_list = sorted({normalize_group(g) for g in groups if normalize_group(g)})
+    params: dict[str, Any] = {"subject": subject}
+    if group_list:
+        params["groups"] = group_list
+    if email:
+        params["email"] = email.lower()
+    if server_id is None:
+        query: sa.Executable = _grants_statement(bool(group_list), bool(email))
+    else:
+        query = (
+            sa.select(Album.label, AlbumMember.principal_kind)
+            .join(Album, Album.id == AlbumMember.album_id)
+            .where(_principal_filter(subject, group_list, email), Album.server_id == server_id)
+        )
+        params = {}
+    rows = db.session.execute(query, params).all()
+    labels = frozenset([row[0] for row in rows])
+    if email and bind:
+        email_kind = PrincipalKind.EMAIL.value  # looked up once: this loop is the hot path
+        if any(row[1] == email_kind for row in rows):
+            bind_invitations(subject, email)
     if not labels:
         return frozenset(), frozenset()
-    return frozenset(labels), ALBUM_MEMBER_PERMISSIONS
+    return labels, ALBUM_MEMBER_PERMISSIONS
 
 
 def bind_caller_invitations(caller: Caller) -> int:

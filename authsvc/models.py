@@ -20,6 +20,7 @@ from sqlalchemy import Integer
 from sqlalchemy import Text
 from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -175,13 +176,24 @@ class Album(db.Model):  # type: ignore[name-defined,misc]
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
 
 
+def _album_label_of(context: Any) -> str:
+    """Default of ``album_member.album_label``: the label of the row's album."""
+    album_id = context.get_current_parameters()["album_id"]
+    label: str = context.connection.execute(
+        select(Album.label).where(Album.id == album_id)
+    ).scalar_one()
+    return label
+
+
 class AlbumMember(db.Model):  # type: ignore[name-defined,misc]
     """One principal's role in one album.
 
     ``principal_kind`` is ``user`` (``principal`` = Keycloak ``sub``), ``group`` (a Keycloak
     group path without leading slash) or ``email`` (a lower-cased address: an invitation that
     becomes a ``user`` row when that user first appears with a verified e-mail).
-    ``ix_album_member_principal`` serves profile composition: one index range per principal.
+    ``album_label`` repeats the album's (immutable) label so that profile composition is one
+    index-only range scan per principal on ``ix_album_member_principal``, with no join: a user
+    in 1,000 albums costs about a millisecond. It is filled from the album when not given.
     """
 
     __tablename__ = "album_member"
@@ -189,13 +201,21 @@ class AlbumMember(db.Model):  # type: ignore[name-defined,misc]
         UniqueConstraint(
             "album_id", "principal_kind", "principal", name="uq_album_member_principal"
         ),
-        Index("ix_album_member_principal", "principal_kind", "principal", "album_id"),
+        Index(
+            "ix_album_member_principal",
+            "principal_kind",
+            "principal",
+            "album_id",
+            "album_label",
+            "role",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     album_id: Mapped[str] = mapped_column(
         Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
     )
+    album_label: Mapped[str] = mapped_column(Text, nullable=False, default=_album_label_of)
     principal_kind: Mapped[str] = mapped_column(Text, nullable=False)
     principal: Mapped[str] = mapped_column(Text, nullable=False)
     role: Mapped[str] = mapped_column(Text, nullable=False)

@@ -523,3 +523,24 @@ def test_reconcile_command_reports_repairs_and_sets_the_exit_status(
     orthanc.down = True
     down = runner.invoke(reconcile_command, [])
     assert down.exit_code == 1 and "unreachable" in down.output
+
+
+def test_member_rows_repeat_the_album_label_even_when_not_given(ctx: Flask) -> None:
+    album_id = make_album()
+    label = albums.get_album(ALICE, album_id).album.label
+    db.session.add(
+        AlbumMember(
+            album_id=album_id,
+            principal_kind="user",
+            principal="zed",
+            role="viewer",
+            added_by="test",
+            added_at=utcnow(),
+        )
+    )
+    db.session.commit()
+    stored = db.session.execute(
+        sa.select(AlbumMember.album_label).where(AlbumMember.principal == "zed")
+    ).scalar_one()
+    assert stored == label
+    assert albums.album_grants("zed") == ({label}, albums.ALBUM_MEMBER_PERMISSIONS)
