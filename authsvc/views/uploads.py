@@ -6,14 +6,17 @@
 * ``POST /dicom-web/albums/<id>/studies`` — STOW-RS into the album; answers in DICOM JSON.
 * ``POST /api/albums/<id>/uploads`` — DICOM files, ZIP archives or form uploads; answers JSON.
 
-Uploads accept an upload token (``Authorization: Bearer up1.…`` or the ``upload_token_header``)
-or the credentials of a user who is at least contributor in the album (Keycloak token, API
-key). The credential is checked, and a token use reserved, before the body is read, so a
-refused request never sends a byte to Orthanc.
+Uploads accept an upload token (``Authorization: Bearer up1.…``, the ``upload_token_header``,
+or HTTP Basic with the user ``token`` and the upload token as password) or the credentials of a
+user who is at least contributor in the album (Keycloak token, API key). The credential is
+checked, and a token use reserved, before the body is read, so a refused request never sends a
+byte to Orthanc.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from typing import Any
 
@@ -114,7 +117,8 @@ def _presented_upload_token() -> str | None:
     value = (request.headers.get(header) or "").strip()
     if value:
         return bearer_from_header(value) or value
-    bearer = bearer_from_header(request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    bearer = bearer_from_header(authorization) or _basic_token(authorization)
     if bearer is None:
         return None
     purpose = token_purpose(bearer)
@@ -123,6 +127,25 @@ def _presented_upload_token() -> str | None:
     if purpose is not None:
         raise TokenInvalid("This is not an upload token.")
     return None  # a Keycloak token or an API key: the user path
+
+
+def _basic_token(value: str | None) -> str | None:
+    """Return the password of ``Authorization: Basic`` for the user ``token``, if that is it.
+
+    Tools that only take a URL (3D Slicer's DICOMweb send) carry the token as the URL's user
+    info, ``https://token:<upload token>@host/…``, which HTTP clients send as Basic auth (the
+    convention Kheops uses for its album tokens).
+    """
+    if not value or value[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or user != "token" or not password:
+        return None
+    return password
 
 
 def _uploader(album_id: str) -> _Uploader:

@@ -744,3 +744,21 @@ def test_unknown_album_is_404_for_tokens_too(world: World) -> None:
     )
     assert response.status_code == 404
     assert world.orthanc.posted_instances() == 0
+
+
+def test_token_as_basic_auth_password_for_url_only_tools(world: World) -> None:
+    import base64
+
+    token = world.issue("carl")["token"]
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Content-Type": STOW_TYPE, "Authorization": f"Basic {raw}"}
+
+    url = f"/dicom-web/albums/{world.album}/studies"
+    ok = world.client.post(url, data=stow_body(make_study()), headers=basic("token", token))
+    assert ok.status_code == 200
+    # Only the user name "token" carries an upload token; anything else is not a credential.
+    other = world.client.post(url, data=stow_body(make_study()), headers=basic("carl", token))
+    assert other.status_code == 401
+    assert world.orthanc.posted_instances() == 2

@@ -281,6 +281,16 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
     assert study is not None and label in study["Labels"]
     assert albums.list_studies(VIEWER, album_id).total == 1
 
+    # 3D Slicer's DICOMweb send takes only an address: the token rides in its user info.
+    slicer_like = DICOMwebClient(
+        url=f"http://token:{issued.token}@{services.LOOPBACK}:{server.port}"
+        f"/dicom-web/albums/{album_id}"
+    )
+    more = [pydicom.dcmread(io.BytesIO(data)) for data in make_study(n_instances=2)]
+    answer = slicer_like.store_instances(datasets=more)
+    assert len(answer.ReferencedSOPSequence) == 2
+    assert albums.list_studies(VIEWER, album_id).total == 2
+
     # A token for another album gets a clear refusal from the same client.
     other_id, _ = new_album()
     wrong = DICOMwebClient(
