@@ -37,6 +37,7 @@ test: venv testenv lint ## set everything up, lint, type-check, run the whole su
 bench: venv testenv ## print the hot-path benchmarks (numbers, not assertions)
 	AUTHSVC_ENV=testing $(BIN)/python bench/run.py
 	AUTHSVC_ENV=testing $(BIN)/python bench/albums.py
+	AUTHSVC_ENV=testing $(BIN)/python bench/upload.py
 
 format: venv ## rewrite files with ruff format and import sorting
 	$(BIN)/ruff check --fix --select I authsvc tests bench
