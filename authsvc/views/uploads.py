@@ -318,7 +318,7 @@ def stow(album_id: str) -> Response:
     uploader = _uploader(album_id)
     result = _run_upload(uploader, stow=True)
     client = services().orthanc.get(uploader.album.server_id)
-    base = f"{request.host_url}dicom-web/albums/{uploader.album.id}"
+    base = f"{request.url_root.rstrip('/')}/dicom-web/albums/{uploader.album.id}"
     body = stow_response(result, base, client)
     response = jsonify(body)
     response.status_code = _status(result)

@@ -762,3 +762,33 @@ def test_token_as_basic_auth_password_for_url_only_tools(world: World) -> None:
     other = world.client.post(url, data=stow_body(make_study()), headers=basic("carl", token))
     assert other.status_code == 401
     assert world.orthanc.posted_instances() == 2
+
+
+class TestBehindAProxy:
+    """RetrieveURLs point at the album root as the client reached it (host, scheme, prefix)."""
+
+    @pytest.fixture
+    def extra_config(self) -> dict[str, Any]:
+        return {
+            "upload_token_keys": INSECURE_RING,
+            "orthanc_url": URL,
+            "orthanc_retries": 0,
+            "proxy_count": 1,
+        }
+
+    def test_retrieve_urls_use_the_forwarded_root(self, world: World) -> None:
+        token = world.issue("carl")["token"]
+        instances = make_study(n_instances=1)
+        response = world.stow(
+            stow_body(instances),
+            token,
+            **{
+                "X-Forwarded-Host": "pacs.example.org",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Prefix": "/authsvc",
+            },
+        )
+        assert response.status_code == 200
+        url = response.get_json()["00081190"]["Value"][0]
+        expected = f"https://pacs.example.org/authsvc/dicom-web/albums/{world.album}/studies/"
+        assert url == expected + study_uid(instances[0])
