@@ -9,9 +9,14 @@ the authorization section says is checked by tests/deploy/test_names.py instead.
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import pytest
 import requests
 
+from authsvc.roles import loads_jsonc
 from tests import services
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc
@@ -85,3 +90,34 @@ def test_every_file_of_each_orthanc_merges_without_duplicates() -> None:
             ]
             if mounted:
                 files.orthanc_config(*mounted)  # asserts no section is defined twice
+
+
+# Sections read by plugins, not by the Orthanc core (which ignores them, typos included).
+PLUGIN_SECTIONS = {"PostgreSQL", "Authorization", "OrthancExplorer2", "DicomWeb", "StoneWebViewer"}
+
+
+def test_core_options_are_spelt_as_orthanc_spells_them(tmp_path: Path) -> None:
+    """Every core option the kit sets is one Orthanc knows (a typo would be silently ignored).
+
+    The list comes from the real binary: ``Orthanc --config=FILE`` writes its default
+    configuration, every core option included (a few only as comments).
+    """
+    default_path = tmp_path / "default.json"
+    result = subprocess.run(
+        [str(services.TESTENV_DIR / "orthanc.sh"), f"--config={default_path}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = default_path.read_text()
+    known = set(loads_jsonc(text))
+    # Options whose default depends on others are in the dump inside a comment block,
+    # e.g. /** "AuthenticationEnabled" : false, **/
+    for block in re.findall(r"/\*\*(.*?)\*\*/", text, re.DOTALL):
+        known |= set(re.findall(r'^\s*"([A-Za-z]+)"\s*:', block, re.MULTILINE))
+    assert {"ExecuteLuaEnabled", "RemoteAccessAllowed", "RegisteredUsers"} <= known
+    for variant in ("plugin/authorization.json", "internal/internal.json", "gate/gate.json"):
+        merged = files.orthanc_config("orthanc.json", variant)
+        unknown = set(merged) - known - PLUGIN_SECTIONS
+        assert not unknown, f"{variant}: Orthanc has no option {sorted(unknown)}"
