@@ -55,6 +55,7 @@ __all__ = [
     "ApiKeyCache",
     "Authenticator",
     "Credentials",
+    "ProfileCache",
     "actor_for",
     "album_grants_for",
     "authenticate",
@@ -178,6 +179,49 @@ def api_key_identity(row: ApiKey) -> Identity:
         name=row.name,
         realm_roles=frozenset(r for r in row.roles if isinstance(r, str)),
     )
+
+
+# --- a short-lived cache of composed profiles (the plugin's hot path) ------------------------
+
+
+class ProfileCache:
+    """Per-process cache of composed profiles, keyed by the (frozen, hashable) identity.
+
+    Composing a profile costs one database query (album grants) plus the roles lookup; the
+    plugin asks for the same user's profile over and over (once per new token, and again
+    after every ``validity``). Entries live ``ttl`` seconds, so a membership change reaches a
+    user's plugin profile within ``ttl`` + the plugin's ``validity``. Authentication is never
+    cached here: tokens and keys are checked (expiry, revocation) before every lookup.
+    ``clear`` after a change this process made (roles, revocations) takes effect at once.
+    """
+
+    def __init__(self, *, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        """Start empty."""
+        self._ttl = ttl
+        self._max = max_entries
+        self._entries: dict[Identity, tuple[Profile, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, identity: Identity, compute: Callable[[], Profile]) -> Profile:
+        """Return the cached profile of ``identity``, computing it when absent or stale."""
+        if self._ttl <= 0:
+            return compute()
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(identity)
+        if entry is not None and now - entry[1] < self._ttl:
+            return entry[0]
+        profile = compute()
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[identity] = (profile, now)
+        return profile
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
 
 
 # --- the authenticator -----------------------------------------------------------------------

@@ -6,8 +6,10 @@ share links and album read tokens). Views load what the rules need (the actor's 
 owner count, whether the actor can see a study…), call the policy, and act on the
 :class:`Decision`. No I/O, no Flask: a bug in a view can at worst fail closed.
 
-The rules are data: :data:`ALBUM_RULES` (album actions) and :data:`GATE_RULES` (what a request
-through the nginx gate may do to Orthanc). Any action in neither table is denied.
+The rules are data: :data:`ALBUM_RULES` (album actions), :data:`GATE_RULES` (what a request
+through the nginx gate may do to Orthanc) and :data:`ACCOUNT_RULES` (API keys, share tokens,
+the roles configuration: own credentials for everyone, everything for global admins). Any
+action in none of the tables is denied.
 
 Album roles are ordered ``owner ⊃ manager ⊃ contributor ⊃ viewer``:
 
@@ -82,9 +84,11 @@ from authsvc.orthanc_routes import RouteKind
 from authsvc.orthanc_routes import RouteTarget
 
 __all__ = [
+    "ACCOUNT_RULES",
     "ALBUM_RULES",
     "GATE_RULES",
     "NO_TARGET",
+    "AccountRule",
     "Action",
     "Actor",
     "AlbumRole",
@@ -158,6 +162,11 @@ class Action(StrEnum):
     ALBUM_UPLOAD_TOKEN_LIST = "album:upload-token:list"  # noqa: S105
     ALBUM_UPLOAD_TOKEN_REVOKE = "album:upload-token:revoke"  # noqa: S105
     ALBUM_VIEW = "album:view"
+    API_KEY_CREATE = "api-key:create"
+    API_KEY_CREATE_SERVICE = "api-key:create-service"
+    API_KEY_LIST = "api-key:list"
+    API_KEY_LIST_ALL = "api-key:list-all"
+    API_KEY_REVOKE = "api-key:revoke"
     GATE_ADMIN = "gate:admin"
     GATE_LIST = "gate:server:list"
     GATE_MALFORMED = "gate:malformed"
@@ -167,6 +176,11 @@ class Action(StrEnum):
     GATE_STUDY_READ = "gate:study:read"
     GATE_STUDY_WRITE = "gate:study:write"
     GATE_UPLOAD = "gate:server:upload"
+    ROLES_EDIT = "roles:edit"
+    ROLES_VIEW = "roles:view"
+    SHARE_TOKEN_LIST = "share-token:list"  # noqa: S105
+    SHARE_TOKEN_LIST_ALL = "share-token:list-all"  # noqa: S105
+    SHARE_TOKEN_REVOKE = "share-token:revoke"  # noqa: S105
 
 
 class TokenKind(StrEnum):
@@ -490,6 +504,54 @@ def _decide_gate(
     return Denied("not allowed through the gate")
 
 
+# --- account rules: credentials and settings ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRule:
+    """Who may manage API keys, share tokens and the roles configuration.
+
+    Every account action needs an authenticated actor; global admins may do all of them.
+    ``admin_only``: nobody else. ``owner_only``: others only on what they own (their own API
+    keys, the share tokens they created), given as ``Target.token_issued_by_actor``; a denial
+    is concealed (404) so ids of other people's credentials cannot be probed.
+    """
+
+    admin_only: bool = False
+    owner_only: bool = False
+
+
+#: The account rule table. Service-account keys carry roles chosen by their creator, so only
+#: admins make them; anyone may make keys for themself (holding their own roles at most).
+ACCOUNT_RULES: Mapping[Action, AccountRule] = MappingProxyType(
+    {
+        Action.API_KEY_CREATE: AccountRule(),
+        Action.API_KEY_CREATE_SERVICE: AccountRule(admin_only=True),
+        Action.API_KEY_LIST: AccountRule(),
+        Action.API_KEY_LIST_ALL: AccountRule(admin_only=True),
+        Action.API_KEY_REVOKE: AccountRule(owner_only=True),
+        Action.ROLES_EDIT: AccountRule(admin_only=True),
+        Action.ROLES_VIEW: AccountRule(admin_only=True),
+        Action.SHARE_TOKEN_LIST: AccountRule(),
+        Action.SHARE_TOKEN_LIST_ALL: AccountRule(admin_only=True),
+        Action.SHARE_TOKEN_REVOKE: AccountRule(owner_only=True),
+    }
+)
+
+
+def _decide_account(actor: Actor, rule: AccountRule, target: Target) -> Decision:
+    """Apply an account rule."""
+    if not actor.is_authenticated:
+        return Denied("authentication required")
+    if actor.is_global_admin:
+        return Allowed("global admin")
+    if rule.admin_only:
+        return Denied("global admins only")
+    if rule.owner_only and not target.token_issued_by_actor:
+        return Denied("not the actor's own", conceal=True)
+    return Allowed("the actor's own credentials")
+
+
 # --- entry points ----------------------------------------------------------------------------
 
 
@@ -511,6 +573,9 @@ def decide(
     gate_rule = GATE_RULES.get(action)
     if gate_rule is not None:
         return _decide_gate(actor, gate_rule, album_role, target)
+    account_rule = ACCOUNT_RULES.get(action)
+    if account_rule is not None:
+        return _decide_account(actor, account_rule, target)
     return Denied("no rule for this action")
 
 

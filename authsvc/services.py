@@ -19,6 +19,7 @@ from flask import current_app
 from authsvc.album_access import RoleCache
 from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.authn import Authenticator
+from authsvc.authn import ProfileCache
 from authsvc.config import Settings
 from authsvc.identity import KeycloakVerifier
 from authsvc.metrics import DecisionCounters
@@ -49,6 +50,7 @@ class Services:
     share_tokens: ShareTokenService
     decisions: DecisionCounters
     users: UserDirectory
+    profile_cache: ProfileCache
     #: Seals and opens upload / album-read tokens; None when ``upload_token_keys`` is unset.
     upload_keys: KeyRing | None = None
     #: Study -> labels cache of the nginx gate and album DICOMweb (short TTL, per process).
@@ -88,6 +90,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         share_tokens=build_share_tokens(settings, orthanc),
         decisions=DecisionCounters(),
         users=UserDirectory(),
+        profile_cache=ProfileCache(),
         upload_keys=(
             KeyRing.from_text(settings.upload_token_keys, setting="AUTHSVC_UPLOAD_TOKEN_KEYS")
             if settings.upload_token_keys

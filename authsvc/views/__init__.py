@@ -9,6 +9,7 @@ from flask import Flask
 
 from authsvc.views import admin
 from authsvc.views import albums_api
+from authsvc.views import credentials
 from authsvc.views import dicomweb
 from authsvc.views import gate
 from authsvc.views import metrics
@@ -26,6 +27,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(ops.bp)
     admin.init_app(app, app.extensions["authsvc"].settings)
     app.register_blueprint(plugin.bp)
+    app.register_blueprint(credentials.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(albums_api.bp)
     app.register_blueprint(openapi.bp)

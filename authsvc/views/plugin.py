@@ -141,7 +141,7 @@ def get_profile() -> Response:
         else:
             if not identity.is_anonymous:
                 svc.users.remember(identity)
-                profile = authenticator.profile(identity)
+                profile = svc.profile_cache.get(identity, lambda: authenticator.profile(identity))
                 svc.decisions.count("profile", "user")
                 return _reply(
                     profile_reply(
@@ -231,4 +231,5 @@ def put_roles() -> Response:
         body.pop("server-id", None)
     services().roles.save(body, actor="plugin", source="plugin")
     db.session.commit()
+    services().profile_cache.clear()
     return _reply(None)

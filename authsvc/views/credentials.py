@@ -1,0 +1,307 @@
+"""The JSON API for credentials and settings: ``/api/api-keys``, ``/api/share-tokens``,
+``/api/roles``.
+
+Callers authenticate with a Keycloak bearer token or an API key (:mod:`authsvc.views.auth`).
+What they may do comes from the policy's account rules: everyone manages their own API keys
+and the share tokens they created; global admins manage everyone's, create service-account
+keys, and edit the roles configuration. Other people's keys and tokens answer 404.
+
+* ``POST /api/api-keys`` ``{"name", "expires_in_days"?, "roles"?}`` -> 201 with ``key`` (shown
+  once). Admins add ``"service_account": true`` and the ``roles`` the key holds.
+* ``GET /api/api-keys`` (``?all=true`` for admins), ``GET|DELETE /api/api-keys/<id>``.
+* ``GET /api/share-tokens`` (``?all=true`` for admins), ``GET|DELETE /api/share-tokens/<id>``.
+* ``GET /api/roles`` -> ``{"version", "roles", "available-labels", ...}`` with ``ETag``;
+  ``PUT /api/roles`` with ``If-Match: "<version>"`` or a ``version`` field (409/412 when stale);
+  ``GET /api/roles/history``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from flask import Response
+from flask import jsonify
+from flask import request
+
+from authsvc import api_key_records
+from authsvc.api_key_records import actor_tag
+from authsvc.api_key_records import key_json
+from authsvc.authn import profile_for
+from authsvc.errors import Conflict
+from authsvc.errors import Forbidden
+from authsvc.errors import NotFound
+from authsvc.errors import PreconditionFailed
+from authsvc.errors import ValidationFailed
+from authsvc.extensions import db
+from authsvc.identity import Identity
+from authsvc.models import utcnow
+from authsvc.policy import Action
+from authsvc.policy import Decision
+from authsvc.policy import Denied
+from authsvc.policy import Target
+from authsvc.policy import decide
+from authsvc.services import services
+from authsvc.tokens import share_token_json
+from authsvc.views.auth import current_actor
+from authsvc.views.auth import require_identity
+from authsvc.views.requests import json_body
+
+bp = Blueprint("credentials", __name__, url_prefix="/api")
+
+
+def _enforce(decision: Decision) -> None:
+    """Raise 404 for concealed denials, 403 for the others."""
+    if decision:
+        return
+    if isinstance(decision, Denied) and decision.conceal:
+        raise NotFound()
+    raise Forbidden(f"Not allowed: {decision.reason}.")
+
+
+def _wants_all() -> bool:
+    return request.args.get("all", "").lower() in {"1", "true", "yes"}
+
+
+def _object(allowed: set[str]) -> dict[str, Any]:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ValidationFailed(details=[{"field": "", "message": "the body must be a JSON object"}])
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationFailed(details=[{"field": k, "message": "unknown field"} for k in unknown])
+    return body
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+@bp.post("/api-keys")
+def create_api_key() -> tuple[Response, int]:
+    """Create an API key; the answer is the only time the key is shown.
+
+    :raise 401: not authenticated. :raise 403: service-account key by a non-admin.
+    :raise 422: bad name, expiry or roles (a user asking for roles they do not hold).
+    """
+    identity = require_identity()
+    body = _object({"name", "expires_in_days", "roles", "service_account"})
+    service = body.get("service_account", False)
+    if not isinstance(service, bool):
+        raise ValidationFailed(
+            details=[{"field": "service_account", "message": "must be true or false"}]
+        )
+    _enforce(
+        decide(
+            current_actor(),
+            Action.API_KEY_CREATE_SERVICE if service else Action.API_KEY_CREATE,
+            target=Target(token_issued_by_actor=True),
+        )
+    )
+    now = utcnow()
+    name = api_key_records.check_name(body.get("name"))
+    expires_at = api_key_records.check_expiry(body.get("expires_in_days"), now)
+    authenticator = services().authenticator
+    if service:
+        if "roles" not in body:
+            raise ValidationFailed(
+                details=[{"field": "roles", "message": "a service-account key needs roles"}]
+            )
+        configured = set(authenticator.roles().roles) | authenticator.admin_roles
+        roles = api_key_records.check_roles(body["roles"], allowed=configured, what="unknown roles")
+    else:
+        # A user's key holds the user's configured roles, or fewer: never more.
+        held = profile_for(identity, with_albums=False).roles
+        held_names = held | (
+            authenticator.role_names(identity, authenticator.roles()) & authenticator.admin_roles
+        )
+        roles = (
+            sorted(held_names)
+            if "roles" not in body
+            else api_key_records.check_roles(
+                body["roles"], allowed=held_names, what="roles you do not hold"
+            )
+        )
+    created = api_key_records.create_key(
+        creator=identity,
+        name=name,
+        roles=roles,
+        expires_at=expires_at,
+        service=service,
+        now=now,
+    )
+    db.session.commit()
+    reply = key_json(created.row, now=now)
+    reply["key"] = created.plaintext
+    response = jsonify(reply)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
+
+
+@bp.get("/api-keys")
+def list_api_keys() -> Response:
+    """List the caller's own keys, or every key (``?all=true``, admins)."""
+    identity = require_identity()
+    if _wants_all():
+        _enforce(decide(current_actor(), Action.API_KEY_LIST_ALL))
+        rows = api_key_records.list_keys(owner_subject=None)
+    else:
+        _enforce(decide(current_actor(), Action.API_KEY_LIST))
+        rows = api_key_records.list_keys(owner_subject=identity.subject)
+    now = utcnow()
+    return jsonify(items=[key_json(r, now=now) for r in rows])
+
+
+def _key_for(identity: Identity, key_id: str) -> Any:
+    row = api_key_records.get_key(key_id)
+    own = api_key_records.is_owned_by(row, identity)
+    _enforce(
+        decide(current_actor(), Action.API_KEY_REVOKE, target=Target(token_issued_by_actor=own))
+    )
+    return row
+
+
+@bp.get("/api-keys/<key_id>")
+def get_api_key(key_id: str) -> Response:
+    """Show one key (own, or any for admins; 404 otherwise)."""
+    return jsonify(key_json(_key_for(require_identity(), key_id)))
+
+
+@bp.delete("/api-keys/<key_id>")
+def revoke_api_key(key_id: str) -> Response:
+    """Revoke a key (own, or any for admins); it stops working at once in this process and
+    within seconds in the others."""
+    identity = require_identity()
+    row = _key_for(identity, key_id)
+    api_key_records.revoke_key(row, actor=identity, now=utcnow())
+    db.session.commit()
+    services().authenticator.api_keys.forget(row.id)
+    services().profile_cache.clear()
+    return jsonify(key_json(row))
+
+
+# --- share tokens --------------------------------------------------------------------------
+
+
+@bp.get("/share-tokens")
+def list_share_tokens() -> Response:
+    """List the share tokens the caller created, or all of them (``?all=true``, admins)."""
+    identity = require_identity()
+    tokens = services().share_tokens
+    if _wants_all():
+        _enforce(decide(current_actor(), Action.SHARE_TOKEN_LIST_ALL))
+        rows = tokens.list(created_by=None)
+    else:
+        _enforce(decide(current_actor(), Action.SHARE_TOKEN_LIST))
+        rows = tokens.list(created_by=actor_tag(identity))
+    now = utcnow()
+    return jsonify(items=[share_token_json(r, now=now) for r in rows])
+
+
+def _share_token_for(identity: Identity, token_id: str) -> Any:
+    row = services().share_tokens.get(token_id)
+    own = row.created_by == actor_tag(identity)
+    _enforce(
+        decide(current_actor(), Action.SHARE_TOKEN_REVOKE, target=Target(token_issued_by_actor=own))
+    )
+    return row
+
+
+@bp.get("/share-tokens/<token_id>")
+def get_share_token(token_id: str) -> Response:
+    """Show one share token (never the token itself)."""
+    return jsonify(share_token_json(_share_token_for(require_identity(), token_id)))
+
+
+@bp.delete("/share-tokens/<token_id>")
+def revoke_share_token(token_id: str) -> Response:
+    """Revoke a share token: validation and decoding refuse it from now on."""
+    identity = require_identity()
+    row = _share_token_for(identity, token_id)
+    services().share_tokens.revoke(row, actor=actor_tag(identity), now=utcnow())
+    db.session.commit()
+    return jsonify(share_token_json(row))
+
+
+# --- roles configuration ------------------------------------------------------------------------
+
+
+def _roles_response(status: int = 200) -> Response:
+    snapshot = services().roles.load()
+    body = {"version": snapshot.version, **snapshot.config.to_json()}
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["ETag"] = f'"{snapshot.version}"'
+    return response
+
+
+@bp.get("/roles")
+def get_roles() -> Response:
+    """Return the roles configuration with its version (admins)."""
+    require_identity()
+    _enforce(decide(current_actor(), Action.ROLES_VIEW))
+    return _roles_response()
+
+
+def _expected_version(body: dict[str, Any]) -> int:
+    header = request.headers.get("If-Match")
+    if header is not None:
+        value = header.strip().removeprefix("W/").strip('"')
+        if not value.isdigit():
+            raise PreconditionFailed('If-Match must name a roles version, e.g. "3".')
+        return int(value)
+    version = body.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValidationFailed(
+            details=[
+                {
+                    "field": "version",
+                    "message": "give the version you edited (field or If-Match header)",
+                }
+            ]
+        )
+    return version
+
+
+@bp.put("/roles")
+def put_roles() -> Response:
+    """Replace the roles configuration if it is still at the version the caller edited.
+
+    :raise 403: not an admin. :raise 409/412: stale version. :raise 422: invalid document.
+    """
+    identity = require_identity()
+    _enforce(decide(current_actor(), Action.ROLES_EDIT))
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ValidationFailed(details=[{"field": "", "message": "the body must be a JSON object"}])
+    expected = _expected_version(body)
+    document = {k: v for k, v in body.items() if k != "version"}
+    try:
+        services().roles.save(
+            document, actor=actor_tag(identity), source="api", expected_version=expected
+        )
+    except Conflict as exc:
+        db.session.rollback()
+        if request.headers.get("If-Match") is not None:
+            raise PreconditionFailed() from exc
+        raise
+    db.session.commit()
+    services().profile_cache.clear()
+    return _roles_response()
+
+
+@bp.get("/roles/history")
+def roles_history() -> Response:
+    """Return who changed the roles configuration, when and how (admins)."""
+    require_identity()
+    _enforce(decide(current_actor(), Action.ROLES_VIEW))
+    items = [
+        {
+            "version": h.version,
+            "changed_at": h.changed_at.isoformat(),
+            "changed_by": h.changed_by,
+            "source": h.source,
+            "document": h.document,
+        }
+        for h in services().roles.history()
+    ]
+    return jsonify(items=items)
