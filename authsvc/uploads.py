@@ -29,6 +29,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -71,6 +72,8 @@ __all__ = [
     "parse_content_type",
 ]
 
+#: Instances sent to Orthanc at once while the next one is read (see ``_Ingest._send``).
+IN_FLIGHT: Final = 2
 #: Items up to this size stay in memory; larger ones are spooled to a temporary file.
 SPOOL_MEMORY_BYTES: Final = 8 * 1024 * 1024
 #: How much is read from the client at a time.
@@ -568,18 +571,18 @@ class _Ingest:
         self.limits = limits
         self.result = result
         self.unpacked = 0  # decompressed bytes of ZIP members
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="authsvc-upload")
-        self._in_flight: (
+        self._sender = ThreadPoolExecutor(
+            max_workers=IN_FLIGHT, thread_name_prefix="authsvc-upload"
+        )
+        self._in_flight: deque[
             tuple[Future[dict[str, Any]], tempfile.SpooledTemporaryFile[bytes], InstanceOutcome]
-            | None
-        ) = None
+        ] = deque()
 
     def close(self) -> None:
         """Stop the sender thread (waiting for a request still in flight)."""
         self._sender.shutdown(wait=True)
-        if self._in_flight is not None:
-            self._in_flight[1].close()
-            self._in_flight = None
+        while self._in_flight:
+            self._in_flight.popleft()[1].close()
 
     def _next(self, name: str | None) -> InstanceOutcome:
         if len(self.result.instances) >= self.limits.max_instances:
@@ -627,14 +630,16 @@ class _Ingest:
         self._send(spool, outcome)
 
     def _send(self, spool: tempfile.SpooledTemporaryFile[bytes], outcome: InstanceOutcome) -> None:
-        """Hand one complete instance to the sender thread, after the previous one is done.
+        """Hand one complete instance to a sender thread once fewer than IN_FLIGHT are out.
 
-        One instance is in flight to Orthanc while the next is read from the client, so the
-        two overlap; the answer of each is handled here, on the request's own thread (the
-        study sink uses the database session), and memory holds at most two instances.
+        Instances travel to Orthanc while the next one is read from the client, so the two
+        overlap (and Orthanc stores a couple at once, as it does for its own STOW-RS). Answers
+        are handled here, in order, on the request's own thread (the study sink uses the
+        database session); memory holds at most ``IN_FLIGHT + 1`` instances.
         """
         try:
-            self.flush()
+            while len(self._in_flight) >= IN_FLIGHT:
+                self._finish_oldest()
         except BaseException:
             spool.close()  # this instance is never sent: the upload stops here
             raise
@@ -648,14 +653,25 @@ class _Ingest:
         else:
             body = spool  # streamed from the temporary file, closed once Orthanc answered
         future = self._sender.submit(self.store.store_instance, body)
-        self._in_flight = (future, spool, outcome)
+        self._in_flight.append((future, spool, outcome))
 
     def flush(self) -> None:
-        """Wait for the instance in flight (if any) and record Orthanc's answer."""
-        if self._in_flight is None:
-            return
-        future, spool, outcome = self._in_flight
-        self._in_flight = None
+        """Wait for every instance in flight and record Orthanc's answers, in order."""
+        while self._in_flight:
+            self._finish_oldest()
+
+    def drain(self) -> None:
+        """Like :meth:`flush` after the upload stopped: record what can be, raise nothing.
+
+        An instance whose answer is an error keeps no reason here; the caller marks it.
+        """
+        while self._in_flight:
+            with contextlib.suppress(*_STOPPING_ERRORS):
+                self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        """Wait for the oldest instance in flight and record Orthanc's answer."""
+        future, spool, outcome = self._in_flight.popleft()
         try:
             answer = future.result()
         except OrthancError as exc:
@@ -804,9 +820,8 @@ def ingest(
             raise MalformedUpload("The ZIP archive contains no DICOM file.")
     except _STOPPING_ERRORS as exc:
         result.error = exc
-        # The instance still in flight when the upload stopped may well have been stored.
-        with contextlib.suppress(*_STOPPING_ERRORS):
-            state.flush()
+        # Instances still in flight when the upload stopped may well have been stored.
+        state.drain()
         for outcome in result.instances:
             if not outcome.stored and outcome.reason is None:
                 # The item in progress when the upload stopped: never sent, or not confirmed.

@@ -792,3 +792,37 @@ class TestBehindAProxy:
         url = response.get_json()["00081190"]["Value"][0]
         expected = f"https://pacs.example.org/authsvc/dicom-web/albums/{world.album}/studies/"
         assert url == expected + study_uid(instances[0])
+
+
+def test_the_last_use_cannot_be_won_twice(world: World) -> None:
+    """Two uploads racing for a one-use token: exactly one is let through."""
+    import threading
+
+    from authsvc import upload_token_records as records
+    from authsvc.errors import TokenRevoked
+
+    token = world.issue("carl", max_uses=1)["token"]
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        with world.app.app_context():
+            ring = world.app.extensions["authsvc"].upload_keys
+            barrier.wait()
+            try:
+                records.authorize(ring, token, world.album)
+                result = "ok"
+            except TokenRevoked:
+                result = "used-up"
+            finally:
+                db.session.remove()
+            with lock:
+                outcomes.append(result)
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["ok", "used-up", "used-up", "used-up"]
