@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -135,16 +136,33 @@ def stow(
     return elapsed
 
 
-def peak_rss_kb(master_pid: int) -> tuple[int, int]:
-    """Return (largest VmHWM of master and workers, largest current VmRSS) in kB."""
+def _pids(master_pid: int) -> list[int]:
     pids = [master_pid]
     try:
         children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
         pids += [int(pid) for pid in children]
     except OSError:
         pass
+    return pids
+
+
+def cpu_seconds(master_pid: int) -> float:
+    """Return the CPU time (user + system) used so far by gunicorn's master and workers."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _pids(master_pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def peak_rss_kb(master_pid: int) -> tuple[int, int]:
+    """Return (largest VmHWM of master and workers, largest current VmRSS) in kB."""
     hwm = rss = 0
-    for pid in pids:
+    for pid in _pids(master_pid):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -211,9 +229,13 @@ def main() -> None:
             stow(album_url, factory, 4 * MB, auth)
             direct: list[float] = []
             through: list[float] = []
+            assert server.pid is not None
+            cpu = 0.0
             for _ in range(args.rounds):
                 direct.append(batch / MB / stow(direct_url, factory, batch, {}))
+                before_cpu = cpu_seconds(server.pid)
                 through.append(batch / MB / stow(album_url, factory, batch, auth))
+                cpu += cpu_seconds(server.pid) - before_cpu
             d, t = statistics.median(direct), statistics.median(through)
             print(f"{'path':<34}{'median MB/s':>12}{'runs':>30}")
             print(
@@ -221,8 +243,11 @@ def main() -> None:
             )
             print(f"{'authsvc album STOW-RS':<34}{t:>12.1f}{str([round(x) for x in through]):>30}")
             print(f"ratio authsvc / direct: {t / d:.2f}  (target >= 0.80)")
+            print(
+                f"authsvc CPU while uploading: {cpu / (args.rounds * args.batch_mb) * 1024:.1f} s "
+                "per GB (it shares the cores with Orthanc and the client)"
+            )
 
-            assert server.pid is not None
             before, _ = peak_rss_kb(server.pid)
             seconds = stow(album_url, factory, args.total_mb * MB, auth, chunked=True)
             after, now = peak_rss_kb(server.pid)
