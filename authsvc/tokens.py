@@ -91,13 +91,27 @@ class CreatedShareToken:
 def album_token_decision(token: str, request: ValidateRequest, now: datetime) -> Decision | None:
     """Decide ``/tokens/validate`` for an album read token (``ar1.``), or None if not one.
 
-    THE ALBUMS FEATURE FILLS THIS (album read tokens are its own): check the token, then that
-    ``request.labels`` contain the album's label, then the method with
-    ``decide_token_access(TokenKind.ALBUM_READ, …)``. Until then album tokens are denied.
+    Album read tokens open every study of one album and nothing else: the plugin sends the
+    study's labels, so the token is granted when they contain the album's label (no call to
+    Orthanc), the album lives on the requesting server, and the method only reads.
     """
-    if token_purpose(token) is Purpose.ALBUM_READ:
-        return Denied("album read tokens are not handled yet")
-    return None
+    if token_purpose(token) is not Purpose.ALBUM_READ:
+        return None
+    from authsvc.album_access import verify_read_token
+    from authsvc.services import services
+
+    ring = services().upload_keys
+    if ring is None:
+        return Denied("album read tokens are not enabled")
+    try:
+        grant = verify_read_token(ring, token)
+    except AuthsvcError as exc:
+        return Denied(f"album read token refused: {exc.code}")
+    if (grant.server_id or None) != request.server_id:
+        return Denied("the token's album lives on another server")
+    if request.requested_resource() is None or grant.label not in request.labels:
+        return Denied("the study is not in the token's album")
+    return decide_token_access(TokenKind.ALBUM_READ, None, request.method)
 
 
 class ShareTokenService:
