@@ -49,6 +49,8 @@ _BEARER = "bearer "
 def strip_bearer(value: str) -> str:
     """Return the token without a leading ``Bearer `` (any case) and surrounding spaces."""
     text = value.strip()
+    if text.lower() == _BEARER.strip():
+        return ""  # "Bearer " with nothing after it: no token
     if text[: len(_BEARER)].lower() == _BEARER:
         text = text[len(_BEARER) :].strip()
     return text
