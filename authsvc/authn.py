@@ -21,6 +21,7 @@ cannot start a JWT (those start with ``eyJ``), so there is no ambiguity.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from dataclasses import replace
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.api_keys import parse_api_key
@@ -61,6 +63,8 @@ __all__ = [
     "authenticate",
     "profile_for",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The plugin permission that allows everything; holding it makes a global admin.
 ALL_PERMISSION = "all"
@@ -147,8 +151,17 @@ class ApiKeyCache:
             if last is not None and now - last < self._touch_interval:
                 return
             self._touched[key_id] = now
-        with db.engine.begin() as conn:
-            conn.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(
+                    sa.update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow())
+                )
+        except SQLAlchemyError as exc:
+            # Bookkeeping only: a busy or briefly unreachable database must not turn a valid
+            # key into a refusal. The next use (after touch_interval) tries again.
+            log.warning("could not record the last use of an API key: %s", type(exc).__name__)
+            with self._lock:
+                self._touched.pop(key_id, None)
 
     def identify(self, text: str, *, prefix: str = API_KEY_PREFIX) -> Identity:
         """Return the identity of a presented API key.

@@ -9,11 +9,14 @@ are found through their keys.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc.extensions import db
 from authsvc.identity import Identity
@@ -23,6 +26,8 @@ from authsvc.models import KnownUser
 from authsvc.models import utcnow
 
 __all__ = ["UserDirectory"]
+
+log = logging.getLogger(__name__)
 
 
 class UserDirectory:
@@ -53,15 +58,25 @@ class UserDirectory:
             "email": identity.email.lower() if identity.email and identity.email_verified else None,
             "last_seen_at": utcnow(),
         }
+        try:
+            self._upsert(identity.subject, values)
+        except SQLAlchemyError as exc:
+            # Only names for the audit-log page: never worth refusing a profile over.
+            log.warning("could not record a seen user: %s", type(exc).__name__)
+            with self._lock:
+                self._seen.pop(identity.subject, None)
+
+    def _upsert(self, subject: str, values: dict[str, Any]) -> None:
+        """Update the row, or insert it (another worker inserting first is fine)."""
         with db.engine.begin() as conn:
             updated = conn.execute(
-                sa.update(KnownUser).where(KnownUser.subject == identity.subject).values(**values)
+                sa.update(KnownUser).where(KnownUser.subject == subject).values(**values)
             )
             if updated.rowcount:
                 return
         try:
             with db.engine.begin() as conn:
-                conn.execute(sa.insert(KnownUser).values(subject=identity.subject, **values))
+                conn.execute(sa.insert(KnownUser).values(subject=subject, **values))
         except IntegrityError:
             pass  # another worker inserted it at the same moment: nothing to add
 

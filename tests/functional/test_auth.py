@@ -207,3 +207,21 @@ class TestCustomHeader:
         client = app.test_client()
         assert client.get("/_test/private", headers={"X-Api-Key": key}).status_code == 200
         assert client.get("/_test/private", headers={"api-key": key}).status_code == 401
+
+
+def test_last_use_write_failure_does_not_refuse_the_key(
+    probe: FlaskClient, db_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from sqlalchemy.exc import OperationalError
+
+    from authsvc import authn
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("UPDATE api_key", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(authn, "sa", types.SimpleNamespace(update=locked))
+    key = _add_key(db_app)
+    response = probe.get("/_test/whoami", headers={"api-key": key})
+    assert response.status_code == 200 and response.get_json()["kind"] == "api_key"
