@@ -738,10 +738,12 @@ def list_members(caller: Caller, album_id: str, *, offset: int = 0, limit: int =
 
 
 def _load_member(album: Album, member_id: object) -> AlbumMember:
-    try:
-        number = int(str(member_id), 10)
-    except ValueError:
-        raise NotFound("No such member.") from None
+    # Plain ASCII digits only: int() also takes "１", " 1", "+1" and "1_0", which would make
+    # several URLs name one member; 18 digits keep it inside a PostgreSQL bigint.
+    text = str(member_id)
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise NotFound("No such member.")
+    number = int(text, 10)
     member = db.session.get(AlbumMember, number)
     if member is None or member.album_id != album.id:
         raise NotFound("No such member.")
@@ -1179,6 +1181,7 @@ def add_studies(caller: Caller, album_id: str, refs: object) -> list[StudyResult
         results.append(StudyResult(ref, status, study_id, uid, "pending"))
     db.session.commit()
     applied = _apply(pending)
+    _retry_a_few()
     return [_with_label_state(r, applied) for r in results]
 
 
@@ -1230,6 +1233,7 @@ def remove_studies(caller: Caller, album_id: str, refs: object) -> list[StudyRes
         results.append(StudyResult(ref, "removed", study_id, uid, "pending"))
     db.session.commit()
     applied = _apply(pending)
+    _retry_a_few()
     return [_with_label_state(r, applied) for r in results]
 
 
@@ -1256,7 +1260,7 @@ STUDY_LIST_TAGS = (
 def list_studies(caller: Caller, album_id: str, *, offset: int = 0, limit: int = 50) -> Page:
     """List an album's studies from Orthanc's label search, one page (any member).
 
-    ``total`` counts the studies with the album's label in Orthanc. :raise 404/503.
+    ``total`` counts the studies authsvc put into the album. :raise 404/503.
     """
     album, role = _get_for(caller, album_id, Action.ALBUM_STUDIES_LIST)
     _authorize(caller, Action.ALBUM_STUDIES_LIST, album, role)
@@ -1268,8 +1272,13 @@ def list_studies(caller: Caller, album_id: str, *, offset: int = 0, limit: int =
         limit=limit,
         requested_tags=STUDY_LIST_TAGS,
     )
-    total = client.count_studies(labels=[album.label])
-    return Page([_study_json(s) for s in found], total, offset, limit)
+    # The total comes from authsvc's own record (one indexed count) rather than from
+    # Orthanc's count-resources, which costs as much as the page itself on a large album;
+    # the two agree except while a label change is pending or drift awaits `reconcile`.
+    total = db.session.execute(
+        sa.select(sa.func.count()).select_from(AlbumStudy).where(AlbumStudy.album_id == album.id)
+    ).scalar_one()
+    return Page([_study_json(s) for s in found], int(total), offset, limit)
 
 
 def _study_json(study: dict[str, Any]) -> dict[str, Any]:
@@ -1356,19 +1365,23 @@ def _backoff(attempts: int) -> dt.timedelta:
 
 
 def _apply(ids: Sequence[int]) -> set[str]:
-    """Try each pending row once; delete it on success, record the error otherwise."""
+    """Try each pending row once; delete it on success, record the error otherwise.
+
+    Rows are locked with ``SKIP LOCKED`` (a row another replica is applying is left to it)
+    and committed once per batch: if the process dies half-way, the rows not yet committed
+    are simply retried later, which is harmless because label changes are idempotent.
+    """
     done: set[str] = set()
-    for pending_id in ids:
-        row = db.session.execute(
+    for start in range(0, len(ids), 500):
+        rows = db.session.execute(
             sa.select(PendingLabel)
-            .where(PendingLabel.id == pending_id)
+            .where(PendingLabel.id.in_(list(ids[start : start + 500])))
+            .order_by(PendingLabel.id)
             .with_for_update(skip_locked=True)
-        ).scalar_one_or_none()
-        if row is None:
-            db.session.rollback()
-            continue
-        if _apply_one(row):
-            done.add(row.study_id)
+        ).scalars()
+        for row in list(rows):
+            if _apply_one(row):
+                done.add(row.study_id)
         db.session.commit()
     return done
 
@@ -1427,6 +1440,28 @@ class RetryReport:
     applied: int = 0
     failed: int = 0
     remaining: int = 0
+
+
+def _retry_a_few(limit: int = 10) -> None:
+    """Piggy-back a few due retries on an album write: Orthanc is evidently reachable again.
+
+    ``authsvc reconcile`` (cron) remains the guarantee; this only shortens the wait. It never
+    fails the caller's request.
+    """
+    try:
+        due = db.session.execute(
+            sa.select(PendingLabel.id)
+            .where(PendingLabel.next_attempt_at <= utcnow())
+            .order_by(PendingLabel.next_attempt_at)
+            .limit(limit)
+        ).scalars()
+        ids = list(due)
+        db.session.rollback()
+        if ids:
+            _apply(ids)
+    except Exception:  # noqa: BLE001 - best effort by design, logged
+        db.session.rollback()
+        log.warning("opportunistic label retry failed", exc_info=True)
 
 
 def retry_pending_labels(*, limit: int = 500, due_only: bool = True) -> RetryReport:

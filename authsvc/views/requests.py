@@ -14,6 +14,7 @@ from flask import request
 from authsvc import logs
 from authsvc.errors import BadRequest
 from authsvc.errors import InvalidJSON
+from authsvc.errors import NotFound
 from authsvc.errors import PayloadTooLarge
 from authsvc.errors import UnsupportedMediaType
 
@@ -30,6 +31,13 @@ def init_app(app: Flask) -> None:
         supplied = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = supplied if _SAFE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
         g.request_id_token = logs.set_request_id(g.request_id)
+
+    @app.before_request
+    def refuse_nul_in_path() -> None:
+        # No id, name or route of ours holds NUL, and PostgreSQL text cannot: such a path
+        # would fail as a database error (500) in whatever view it reached.
+        if "\x00" in request.path:
+            raise NotFound("No such resource.")
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -88,3 +96,5 @@ def _loads(text: str) -> Any:
             f"The request body is not valid JSON: {exc.msg} "
             f"at line {exc.lineno} column {exc.colno}."
         ) from exc
+    except RecursionError as exc:
+        raise InvalidJSON("The request body is nested too deeply.") from exc
