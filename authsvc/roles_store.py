@@ -102,18 +102,30 @@ class RolesStore:
             return self._import_file()
         return RolesSnapshot(parse_roles(row.document), row.version)
 
-    def _import_file(self) -> RolesSnapshot:
+    def read_file(self) -> RolesConfig | None:
+        """Read and check the roles file (None when none is configured); called at start-up.
+
+        :raise ConfigError: the file cannot be read or is not a valid roles file.
+        """
+        if not self._roles_file:
+            return None
         path = Path(self._roles_file)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"AUTHSVC_ROLES_FILE: cannot read {path}: {exc.strerror}") from None
         try:
-            config = load_permissions_file(text)
+            return load_permissions_file(text)
         except ValidationFailed as exc:
             raise ConfigError(
                 f"AUTHSVC_ROLES_FILE: {path} is not a valid roles file: {exc.details}"
             ) from None
+
+    def _import_file(self) -> RolesSnapshot:
+        path = Path(self._roles_file)
+        config = self.read_file()
+        if config is None:
+            return _EMPTY
         try:
             snapshot = self._write(config, expected_version=0, actor="system", source="import")
             db.session.commit()

@@ -74,6 +74,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     verifier = build_verifier(settings)
     roles = RolesStore(roles_file=settings.roles_file)
+    roles.read_file()  # a bad roles file stops start-up with one line, not a 500 later
     authenticator = Authenticator(
         verifier=verifier,
         roles=roles.current,
