@@ -101,10 +101,9 @@ def roles_by_label(
                 AlbumMember.principal == email.lower(),
             )
         )
+    # album_label repeats the album's immutable label: an index-only scan, no join.
     rows = db.session.execute(
-        sa.select(Album.label, AlbumMember.role)
-        .join(Album, Album.id == AlbumMember.album_id)
-        .where(sa.or_(*clauses))
+        sa.select(AlbumMember.album_label, AlbumMember.role).where(sa.or_(*clauses))
     ).all()
     best: dict[str, AlbumRole] = {}
     for label, value in rows:
