@@ -322,6 +322,7 @@ class Authenticator:
             is_global_admin=is_admin and not identity.is_anonymous,
             permissions=profile.permissions,
             sees_all_studies=profile.all_labels,
+            via_api_key=identity.kind is IdentityKind.API_KEY,
         )
 
 

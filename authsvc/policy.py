@@ -209,6 +209,8 @@ class Actor:
     permissions: frozenset[str] = frozenset()
     #: True if the actor's authorized labels are ``*`` (every study, labelled or not).
     sees_all_studies: bool = False
+    #: True when the caller authenticated with an API key (not a Keycloak session).
+    via_api_key: bool = False
 
     @property
     def is_authenticated(self) -> bool:
@@ -519,14 +521,18 @@ class AccountRule:
 
     admin_only: bool = False
     owner_only: bool = False
+    #: Refused to callers using an API key: a key must not mint keys (a stolen key could
+    #: otherwise outlive its own revocation by making a successor).
+    no_api_key: bool = False
 
 
 #: The account rule table. Service-account keys carry roles chosen by their creator, so only
-#: admins make them; anyone may make keys for themself (holding their own roles at most).
+#: admins make them; anyone may make keys for themself (holding their own roles at most), but
+#: only from a real sign-in, never with another key.
 ACCOUNT_RULES: Mapping[Action, AccountRule] = MappingProxyType(
     {
-        Action.API_KEY_CREATE: AccountRule(),
-        Action.API_KEY_CREATE_SERVICE: AccountRule(admin_only=True),
+        Action.API_KEY_CREATE: AccountRule(no_api_key=True),
+        Action.API_KEY_CREATE_SERVICE: AccountRule(admin_only=True, no_api_key=True),
         Action.API_KEY_LIST: AccountRule(),
         Action.API_KEY_LIST_ALL: AccountRule(admin_only=True),
         Action.API_KEY_REVOKE: AccountRule(owner_only=True),
@@ -543,6 +549,8 @@ def _decide_account(actor: Actor, rule: AccountRule, target: Target) -> Decision
     """Apply an account rule."""
     if not actor.is_authenticated:
         return Denied("authentication required")
+    if rule.no_api_key and actor.via_api_key:
+        return Denied("API keys cannot create API keys")
     if actor.is_global_admin:
         return Allowed("global admin")
     if rule.admin_only:

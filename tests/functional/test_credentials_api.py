@@ -84,6 +84,9 @@ def test_user_key_round_trip(client: FlaskClient, db_app: Flask) -> None:
             {c.name: str(getattr(row, c.name)) for c in ApiKey.__table__.columns}
         )
     # The key works: API, plugin profile (acting as Alice with her roles).
+    # A key cannot mint another key (it could outlive its own revocation).
+    minted = client.post("/api/api-keys", json={"name": "x"}, headers={"api-key": key})
+    assert minted.status_code == 403
     who = client.get("/api/api-keys", headers={"api-key": key})
     assert who.status_code == 200 and [k["id"] for k in who.get_json()["items"]] == [created["id"]]
     assert "key" not in who.get_json()["items"][0]

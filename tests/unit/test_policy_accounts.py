@@ -62,3 +62,17 @@ def test_users(actor: Actor, action: Action) -> None:
     assert bool(decision) is others
     if not others and ACCOUNT_RULES[action].owner_only:
         assert decision.conceal  # type: ignore[attr-defined]
+
+
+KEY_USER = Actor(subject="u1", via_api_key=True)
+KEY_ADMIN = Actor(subject="a1", is_global_admin=True, via_api_key=True)
+
+
+@pytest.mark.parametrize("actor", [KEY_USER, KEY_ADMIN], ids=["user", "admin"])
+def test_api_keys_do_not_mint_api_keys(actor: Actor) -> None:
+    for action in (Action.API_KEY_CREATE, Action.API_KEY_CREATE_SERVICE):
+        decision = decide(actor, action, target=OWN)
+        assert not decision and "API keys" in decision.reason
+    # Everything else works with a key as with a sign-in.
+    assert decide(actor, Action.API_KEY_LIST)
+    assert decide(actor, Action.API_KEY_REVOKE, target=OWN)
