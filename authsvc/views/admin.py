@@ -56,6 +56,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from authsvc import admin_sessions
 from authsvc import album_access
 from authsvc import albums
+from authsvc import api_key_records
 from authsvc import audit
 from authsvc import upload_token_records
 from authsvc.authn import actor_for
@@ -66,6 +67,7 @@ from authsvc.errors import Conflict
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import IdentityProviderUnavailable
+from authsvc.errors import NotFound
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
@@ -1177,9 +1179,11 @@ def _split_list(text: str) -> list[str]:
 
 
 @bp.get("/roles")
-@admin_only
+@signed_in
 def roles() -> str:
     """The roles × permissions × labels grid: the same data as ``/settings/roles``."""
+    if not decide(current_actor(), Action.ROLES_VIEW):
+        raise Forbidden("This page is for administrators.")
     snapshot = services().roles.snapshot()
     config = snapshot.config
     used = sorted(
@@ -1195,9 +1199,11 @@ def roles() -> str:
 
 
 @bp.post("/roles")
-@admin_only
+@signed_in
 def save_roles() -> WerkzeugResponse:
     """Save the edited grid as the new roles configuration (refused if someone saved first)."""
+    if not decide(current_actor(), Action.ROLES_EDIT):
+        raise Forbidden("Only administrators change roles and permissions.")
     form = request.form
     document: dict[str, Any] = {"roles": {}, "group-roles": {}}
     names = form.getlist("role")
@@ -1237,24 +1243,199 @@ def save_roles() -> WerkzeugResponse:
     return redirect(url_for("admin.roles"))
 
 
-# --- API keys and service accounts (administrators) ---------------------------------------------
+# --- API keys and service accounts; share links ---------------------------------------------
+
+_KEY_EXPIRY_CHOICES = ((30, "30 days"), (90, "90 days"), (365, "1 year"), (0, "never"))
+
+
+def _key_state(row: ApiKey) -> str:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= dt.datetime.now(dt.UTC):
+        return "expired"
+    return "active"
+
+
+def _api_keys_page(**extra: Any) -> str:
+    """The API keys page: the user's own keys; every key and service accounts for admins."""
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - the views below are @signed_in
+    actor = current_actor()
+    see_all = bool(decide(actor, Action.API_KEY_LIST_ALL))
+    if not see_all and not decide(actor, Action.API_KEY_LIST):
+        raise Forbidden("You may not manage API keys.")
+    rows = api_key_records.list_keys(owner_subject=None if see_all else identity.subject)
+    authenticator = services().authenticator
+    return render_template(
+        "admin/api_keys.html",
+        keys=[{"row": row, "state": _key_state(row)} for row in rows],
+        see_all=see_all,
+        can_create=bool(
+            decide(actor, Action.API_KEY_CREATE, target=Target(token_issued_by_actor=True))
+        ),
+        can_create_service=bool(
+            decide(actor, Action.API_KEY_CREATE_SERVICE, target=Target(token_issued_by_actor=True))
+        ),
+        can_revoke=lambda row: bool(
+            decide(
+                actor,
+                Action.API_KEY_REVOKE,
+                target=Target(token_issued_by_actor=api_key_records.is_owned_by(row, identity)),
+            )
+        ),
+        configured_roles=sorted(set(authenticator.roles().roles) | authenticator.admin_roles),
+        expiry_choices=_KEY_EXPIRY_CHOICES,
+        **extra,
+    )
 
 
 @bp.get("/api-keys")
-@admin_only
+@signed_in
 def api_keys() -> str:
-    """Every API key: whose, what roles, when last used, whether it still works."""
-    rows = db.session.scalars(
-        sa.select(ApiKey).order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())
-    ).all()
+    """API keys: create (shown once), list, revoke."""
+    return _api_keys_page()
+
+
+@bp.post("/api-keys")
+@signed_in
+def create_api_key() -> Response | WerkzeugResponse:
+    """Create an API key for oneself (holding one's own roles) or, for admins, a service account."""
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - @signed_in
+    actor = current_actor()
+    service = request.form.get("kind") == "service"
+    action = Action.API_KEY_CREATE_SERVICE if service else Action.API_KEY_CREATE
+    if not decide(actor, action, target=Target(token_issued_by_actor=True)):
+        raise Forbidden("You may not create this kind of API key.")
     now = dt.datetime.now(dt.UTC)
-    keys = [
-        {
-            "row": row,
-            "state": "revoked"
-            if row.revoked_at is not None
-            else ("expired" if row.expires_at is not None and row.expires_at <= now else "active"),
-        }
-        for row in rows
-    ]
-    return render_template("admin/api_keys.html", keys=keys)
+    authenticator = services().authenticator
+    try:
+        name = api_key_records.check_name(request.form.get("name", ""))
+        days = _form_int("expires_in_days")
+        expires_at = api_key_records.check_expiry(days or None, now)
+        if service:
+            configured = set(authenticator.roles().roles) | authenticator.admin_roles
+            roles = api_key_records.check_roles(
+                request.form.getlist("roles"), allowed=configured, what="unknown roles"
+            )
+            if not roles:
+                raise ValidationFailed("Tick at least one role for the service account.")
+        else:
+            # The same rule as POST /api/api-keys: a user's key holds the user's roles, no more.
+            held = profile_for(identity, with_albums=False).roles | (
+                authenticator.role_names(identity, authenticator.roles())
+                & authenticator.admin_roles
+            )
+            roles = sorted(held)
+        created = api_key_records.create_key(
+            creator=identity,
+            name=name,
+            roles=roles,
+            expires_at=expires_at,
+            service=service,
+            now=now,
+        )
+        db.session.commit()
+    except ValidationFailed as exc:
+        db.session.rollback()
+        _form_error(exc)
+        return redirect(url_for("admin.api_keys"))
+    return _shown_once(_api_keys_page(new_key=created.plaintext, new_key_row=created.row))
+
+
+@bp.post("/api-keys/<key_id>/revoke")
+@signed_in
+def revoke_api_key(key_id: str) -> WerkzeugResponse:
+    """Revoke an API key: it stops working at once here, within seconds everywhere."""
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - @signed_in
+    row = api_key_records.get_key(key_id)
+    own = api_key_records.is_owned_by(row, identity)
+    decision = decide(
+        current_actor(), Action.API_KEY_REVOKE, target=Target(token_issued_by_actor=own)
+    )
+    if not decision:
+        raise NotFound("No such API key.")
+    api_key_records.revoke_key(row, actor=identity, now=dt.datetime.now(dt.UTC))
+    db.session.commit()
+    services().authenticator.api_keys.forget(row.id)
+    flash(f"API key “{row.name}” revoked: it can no longer be used.", "success")
+    return redirect(url_for("admin.api_keys"))
+
+
+_LINK_KINDS = {
+    "stone-viewer-publication": "Stone viewer link",
+    "ohif-viewer-publication": "OHIF viewer link",
+    "osimis-viewer-publication": "Osimis viewer link",
+    "volview-viewer-publication": "VolView link",
+    "viewer-instant-link": "Viewer link (short)",
+    "download-instant-link": "Download link (short)",
+}
+
+
+@bp.get("/share-links")
+@signed_in
+def share_links() -> str:
+    """The viewer and download links the user made from Orthanc's interface; revoke them."""
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - @signed_in
+    actor = current_actor()
+    see_all = request.args.get("all") == "1" and bool(decide(actor, Action.SHARE_TOKEN_LIST_ALL))
+    if not see_all and not decide(actor, Action.SHARE_TOKEN_LIST):
+        raise Forbidden("You may not see share links.")
+    tag = api_key_records.actor_tag(identity)
+    rows = services().share_tokens.list(created_by=None if see_all else tag)
+    now = dt.datetime.now(dt.UTC)
+    links = []
+    for row in rows:
+        state = (
+            "revoked"
+            if row.revoked_at
+            else ("expired" if row.expires_at is not None and row.expires_at <= now else "active")
+        )
+        studies = [
+            str(r.get("dicom-uid") or r.get("orthanc-id") or "")
+            for r in row.resources
+            if isinstance(r, dict)
+        ]
+        links.append(
+            {
+                "row": row,
+                "state": state,
+                "studies": [s for s in studies if s],
+                "kind": _LINK_KINDS.get(row.token_type, row.token_type),
+                "mine": row.created_by == tag,
+            }
+        )
+    people = admin_sessions.known_users(
+        sorted({r.created_by.split(":", 1)[1] for r in rows if r.created_by.startswith("user:")})
+    )
+    return render_template(
+        "admin/share_links.html",
+        links=links,
+        see_all=see_all,
+        can_all=bool(decide(actor, Action.SHARE_TOKEN_LIST_ALL)),
+        people=people,
+    )
+
+
+@bp.post("/share-links/<token_id>/revoke")
+@signed_in
+def revoke_share_link(token_id: str) -> WerkzeugResponse:
+    """Revoke a share link: the viewer refuses it from now on."""
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - @signed_in
+    tag = api_key_records.actor_tag(identity)
+    tokens = services().share_tokens
+    row = tokens.get(token_id)
+    decision = decide(
+        current_actor(),
+        Action.SHARE_TOKEN_REVOKE,
+        target=Target(token_issued_by_actor=row.created_by == tag),
+    )
+    if not decision:
+        raise NotFound("No such share link.")
+    tokens.revoke(row, actor=tag, now=dt.datetime.now(dt.UTC))
+    db.session.commit()
+    flash("Link revoked: it no longer opens anything.", "success")
+    return redirect(url_for("admin.share_links", all=request.args.get("all")))

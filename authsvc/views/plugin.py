@@ -231,4 +231,5 @@ def put_roles() -> Response:
         body.pop("server-id", None)
     services().roles.save(body, actor="plugin", source="plugin")
     db.session.commit()
+    services().profile_cache.clear()
     return _reply(None)

@@ -456,6 +456,7 @@ def test_upload_token_is_shown_once_then_listed_and_revocable(
     assert f"Bearer {token.group(1)}" in response.text  # in the ready-to-paste examples
     assert f"/api/albums/{album_id}/uploads" in response.text
     assert "dicomweb_client" in response.text and "slicer.dicomDatabase" in response.text
+    assert f"http://token:{token.group(1)}@localhost/dicom-web/albums/{album_id}" in response.text
     listing = client.get(f"/admin/albums/{album_id}/sharing")
     assert token.group(1) not in listing.text  # never shown again
     assert "scanner 2" in listing.text and "active" in listing.text
@@ -576,3 +577,54 @@ def test_audit_trail_names_people_and_albums(db_app: Flask, orthanc: FakeOrthanc
     assert 'Root <span class="hint">(root)</span>' in page.text
     assert f'href="/admin/albums/{album_id}">Named album</a>' in page.text
     assert "album:create" in page.text
+
+
+def test_personal_api_key_shown_once_then_revoked(db_app: Flask, mock: rm.Mocker) -> None:
+    from authsvc.models import ApiKey
+
+    client = sign_in(db_app, ALICE)
+    page = client.get("/admin/api-keys")
+    assert page.status_code == 200
+    assert 'name="kind"' not in page.text  # no service accounts for non-admins
+    response = post(client, "/admin/api-keys", name="export script", expires_in_days="30")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    key = re.search(r'id="api-key-value" value="([^"]+)"', response.text)
+    assert key is not None
+    listing = client.get("/admin/api-keys")
+    assert key.group(1) not in listing.text and "<td>export script" in listing.text
+    with db_app.app_context():
+        row = db.session.scalars(sa.select(ApiKey)).one()
+        assert row.kind == "user" and row.owner_subject == ALICE.subject
+        key_id = row.id
+    # Someone else's key: 404, and it keeps working.
+    bob = sign_in(db_app, BOB)
+    assert post(bob, f"/admin/api-keys/{key_id}/revoke").status_code == 404
+    assert "<td>export script" not in bob.get("/admin/api-keys").text
+    assert post(client, f"/admin/api-keys/{key_id}/revoke").status_code == 302
+    with db_app.app_context():
+        assert db.session.get(ApiKey, key_id).revoked_at is not None
+
+
+def test_service_accounts_are_for_administrators(db_app: Flask, mock: rm.Mocker) -> None:
+    from authsvc.models import ApiKey
+
+    refused = post(
+        sign_in(db_app, ALICE), "/admin/api-keys", name="svc", kind="service", roles="admin"
+    )
+    assert refused.status_code == 403
+    root = sign_in(db_app, ROOT)
+    assert 'name="kind"' in root.get("/admin/api-keys").text
+    made = post(root, "/admin/api-keys", name="forwarder", kind="service", roles="admin")
+    assert made.status_code == 200
+    with db_app.app_context():
+        row = db.session.scalars(sa.select(ApiKey)).one()
+        assert row.kind == "service" and row.roles == ["admin"]
+
+
+def test_share_links_page_lists_only_ones_own(db_app: Flask, mock: rm.Mocker) -> None:
+    page = sign_in(db_app, ALICE).get("/admin/share-links")
+    assert page.status_code == 200
+    assert "No share links made by you" in page.text
+    assert "Show everybody" not in page.text
+    assert "Show everybody" in sign_in(db_app, ROOT).get("/admin/share-links").text

@@ -237,7 +237,31 @@ def test_an_album_from_creation_to_sign_out(
     assert "album:create" in trail and "token:upload:revoke" in trail
     shot(page, "audit")
     page.goto(f"{base}/admin/roles")
+    page.click("#edit-roles")
+    page.fill("input[name=new-role]", "doctor")
+    for permission in ("view", "download", "share"):
+        page.check(f"input[name=perm-new][value={permission}]")
+    page.fill("input[name=labels-new]", "cardiology, oncology")
+    page.fill("#group-roles", "radiology: doctor")
+    page.click("#save-roles")
+    page.wait_for_selector(".notice")
+    assert "saved" in notice(page)
+    assert "cardiology, oncology" in page.locator("#roles-grid").inner_text()
+    plugin_view = requests.get(f"{base}/settings/roles", timeout=10)
+    if plugin_view.status_code == 200:  # the plugin's own endpoint needs its Basic password
+        assert plugin_view.json()["roles"]["doctor"]["permissions"] == ["download", "share", "view"]
     shot(page, "roles")
+    page.goto(f"{base}/admin/api-keys")
+    page.fill("#key-name", "nightly export script")
+    page.click("#create-api-key")
+    page.wait_for_selector("#api-key-value")
+    api_key = page.input_value("#api-key-value")
+    shot(page, "api-keys")
+    mine = requests.get(
+        f"{base}/api/albums", headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    )
+    assert mine.status_code == 200, mine.text
+    assert album_id in mine.text
     page.goto(f"{base}/admin/albums")
     shot(page, "albums")
 
