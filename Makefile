@@ -39,8 +39,11 @@ bench: venv testenv ## print the hot-path benchmarks (numbers, not assertions)
 	AUTHSVC_ENV=testing $(BIN)/python bench/albums.py
 	AUTHSVC_ENV=testing $(BIN)/python bench/upload.py
 
+fuzz: venv ## the long schemathesis run: 200 generated requests per JSON operation and mode
+	AUTHSVC_ENV=testing AUTHSVC_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest tests/functional/test_fuzz.py
+
 format: venv ## rewrite files with ruff format and import sorting
 	$(BIN)/ruff check --fix --select I authsvc tests bench
 	$(BIN)/ruff format authsvc tests bench
 
-.PHONY: help venv run testenv lint test bench format
+.PHONY: help venv run testenv lint test bench fuzz format

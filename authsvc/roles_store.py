@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,20 @@ _EMPTY = RolesSnapshot(RolesConfig(), 0)
 class RolesStore:
     """Read (cached) and write the stored roles configuration."""
 
-    def __init__(self, *, roles_file: str = "", ttl: float = 5.0) -> None:
-        """Remember where to import from and how long to cache; does no I/O."""
+    def __init__(
+        self,
+        *,
+        roles_file: str = "",
+        ttl: float = 5.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Remember where to import from and how long to cache; does no I/O.
+
+        ``on_change`` runs after every local change (the app clears its profile cache there).
+        """
         self._roles_file = roles_file
         self._ttl = ttl
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._cached: RolesSnapshot | None = None
         self._loaded_at = 0.0
@@ -92,6 +103,8 @@ class RolesStore:
         """Forget the cached configuration (after a change made by this process)."""
         with self._lock:
             self._cached = None
+        if self._on_change is not None:
+            self._on_change()
 
     def load(self) -> RolesSnapshot:
         """Read the configuration from the database, importing the roles file on first use."""

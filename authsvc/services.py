@@ -73,7 +73,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
     )
     verifier = build_verifier(settings)
-    roles = RolesStore(roles_file=settings.roles_file)
+    profile_cache = ProfileCache()
+    roles = RolesStore(roles_file=settings.roles_file, on_change=profile_cache.clear)
     roles.read_file()  # a bad roles file stops start-up with one line, not a 500 later
     authenticator = Authenticator(
         verifier=verifier,
@@ -91,7 +92,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         share_tokens=build_share_tokens(settings, orthanc),
         decisions=DecisionCounters(),
         users=UserDirectory(),
-        profile_cache=ProfileCache(),
+        profile_cache=profile_cache,
         upload_keys=(
             KeyRing.from_text(settings.upload_token_keys, setting="AUTHSVC_UPLOAD_TOKEN_KEYS")
             if settings.upload_token_keys

@@ -285,7 +285,6 @@ def put_roles() -> Response:
             raise PreconditionFailed() from exc
         raise
     db.session.commit()
-    services().profile_cache.clear()
     return _roles_response()
 
 

@@ -231,5 +231,4 @@ def put_roles() -> Response:
         body.pop("server-id", None)
     services().roles.save(body, actor="plugin", source="plugin")
     db.session.commit()
-    services().profile_cache.clear()
     return _reply(None)

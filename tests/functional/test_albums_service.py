@@ -544,3 +544,19 @@ def test_member_rows_repeat_the_album_label_even_when_not_given(ctx: Flask) -> N
     ).scalar_one()
     assert stored == label
     assert albums.album_grants("zed") == ({label}, albums.ALBUM_MEMBER_PERMISSIONS)
+
+
+def test_a_later_album_write_retries_due_pending_labels(ctx: Flask, orthanc: FakeOrthanc) -> None:
+    album_id = make_album(owner=ADMIN)
+    label = albums.get_album(ADMIN, album_id).album.label
+    first, second = orthanc.add_study("1.11.1"), orthanc.add_study("1.11.2")
+    albums.add_studies(ADMIN, album_id, [first.id])
+    orthanc.down = True
+    albums.remove_studies(ADMIN, album_id, [first.id])
+    orthanc.down = False
+    row = db.session.execute(sa.select(PendingLabel)).scalar_one()
+    row.next_attempt_at = utcnow()  # its backoff is over
+    db.session.commit()
+    albums.add_studies(ADMIN, album_id, [second.id])
+    assert db.session.execute(sa.select(sa.func.count()).select_from(PendingLabel)).scalar() == 0
+    assert label not in orthanc.labels_of(first) and label in orthanc.labels_of(second)

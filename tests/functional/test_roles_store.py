@@ -14,6 +14,8 @@ from authsvc.errors import ConfigError
 from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
+from authsvc.identity import Identity
+from authsvc.identity import IdentityKind
 from authsvc.models import RolesConfigHistory
 from authsvc.services import services
 from tests.conftest import base_config
@@ -65,9 +67,15 @@ def test_cache_is_dropped_after_a_local_save(db_app: Flask) -> None:
     with db_app.app_context():
         store = services().roles
         assert set(store.current().roles) == {"r"}
+        # The plugin's profile cache goes too, so new roles reach profiles at once here.
+        identity = Identity(kind=IdentityKind.USER, subject="u", realm_roles=frozenset({"r"}))
+        authenticator = services().authenticator
+        cache = services().profile_cache
+        assert cache.get(identity, lambda: authenticator.profile(identity)).permissions == {"view"}
         store.save({"roles": {"s": {"permissions": []}}}, actor="plugin", source="plugin")
         db.session.commit()
         assert set(store.current().roles) == {"s"}
+        assert cache.get(identity, lambda: authenticator.profile(identity)).permissions == set()
 
 
 @pytest.mark.parametrize(

@@ -237,8 +237,18 @@ def test_orthanc_stopping_before_labelling_leaves_a_pending_label_that_is_retrie
 
 
 @pytest.fixture
+def gunicorn_env() -> dict[str, str]:
+    """Extra environment for the gunicorn-served app (a test module or class may override)."""
+    return {}
+
+
+@pytest.fixture
 def served(
-    orthanc: services.OrthancService, pg_schema: str, tmp_path: Path, log_stream: io.StringIO
+    orthanc: services.OrthancService,
+    pg_schema: str,
+    tmp_path: Path,
+    log_stream: io.StringIO,
+    gunicorn_env: dict[str, str],
 ) -> Iterator[tuple[Flask, services.Service]]:
     """The app in-process (to make albums and tokens) and the same app under gunicorn."""
     app = make_app(orthanc.url, pg_schema, tmp_path, log_stream)
@@ -251,6 +261,7 @@ def served(
         "AUTHSVC_ORTHANC_URL": orthanc.url,
         "AUTHSVC_UPLOAD_TOKEN_KEYS": INSECURE_RING,
         "AUTHSVC_ALBUM_LABEL_PREFIX": settings.album_label_prefix,
+        **gunicorn_env,
     }
     server = services.start_gunicorn_app(tmp_path / "gunicorn", services.free_port(), env)
     with app.app_context(), server:
@@ -301,3 +312,40 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
         wrong.store_instances(datasets=[pydicom.dcmread(io.BytesIO(make_study()[0]))])
     assert info.value.response.status_code == 403
     assert "another album" in info.value.response.json()["message"]
+
+
+class TestLongUploads:
+    """An upload may stream for longer than gunicorn's worker timeout with threaded workers."""
+
+    @pytest.fixture
+    def gunicorn_env(self) -> dict[str, str]:
+        return {"AUTHSVC_WORKER_TIMEOUT": "5", "AUTHSVC_THREADS": "2"}
+
+    def test_a_slow_client_outlives_the_worker_timeout(
+        self, served: tuple[Flask, services.Service], orthanc: services.OrthancService
+    ) -> None:
+        import time
+
+        _, server = served
+        album_id, label = new_album()
+        issued = issue(album_id)
+        instances = make_study(n_instances=40)
+
+        def slowly() -> Iterator[bytes]:
+            # About 10 s in all: twice the worker timeout.
+            for instance in instances:
+                time.sleep(0.25)
+                yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                yield instance + b"\r\n"
+            yield f"--{BOUNDARY}--\r\n".encode()
+
+        response = requests.post(
+            f"{server.url}/dicom-web/albums/{album_id}/studies",
+            data=slowly(),
+            headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {issued.token}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["00081199"]["Value"]) == 40
+        study = orthanc_study(orthanc.url, uids(instances[0])[0])
+        assert study is not None and label in study["Labels"]
