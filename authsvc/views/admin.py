@@ -68,6 +68,8 @@ from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.errors import NotFound
+from authsvc.errors import OrthancError
+from authsvc.errors import OrthancUnavailable
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
@@ -233,13 +235,28 @@ def template_globals() -> dict[str, Any]:
     if identity is not None:
         try:
             is_admin = current_actor().is_global_admin
-        except AuthsvcError:
+        except Exception:  # noqa: BLE001 - the menu must never break a page (error pages too)
             is_admin = False
     return {
         "user": identity,
         "is_admin": is_admin,
         "csrf_token": csrf_token if request.path.startswith("/admin") else None,
     }
+
+
+@bp.errorhandler(OrthancUnavailable)
+@bp.errorhandler(OrthancError)
+def orthanc_trouble(exc: AuthsvcError) -> Any:
+    """Say in plain words that the image archive is the problem (its message is technical)."""
+    from authsvc.views.errors import render_error
+
+    log.warning("admin: Orthanc trouble on %s: %s", request.path, exc.message)
+    return render_error(
+        503,
+        exc.code,
+        "The image archive (Orthanc) is not answering right now, so this could not be done. "
+        "Try again in a minute; what was already saved is kept.",
+    )
 
 
 def _safe_next(value: str | None) -> str:

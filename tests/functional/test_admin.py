@@ -628,3 +628,20 @@ def test_share_links_page_lists_only_ones_own(db_app: Flask, mock: rm.Mocker) ->
     assert "No share links made by you" in page.text
     assert "Show everybody" not in page.text
     assert "Show everybody" in sign_in(db_app, ROOT).get("/admin/share-links").text
+
+
+def test_an_orthanc_outage_is_explained_on_the_album_page(
+    db_app: Flask, orthanc: FakeOrthanc
+) -> None:
+    client = sign_in(db_app, ALICE)
+    album_id = make_album(client)
+    orthanc.down = True
+    page = client.get(f"/admin/albums/{album_id}")
+    assert page.status_code == 200
+    assert "The image archive (Orthanc) is not answering" in page.text
+    assert 'id="members"' in page.text  # the rest of the page still works
+    no_traceback(page)
+    response = post(client, f"/admin/albums/{album_id}/studies/add", uids="1.2.3")
+    assert response.status_code == 503
+    assert "try again" in response.text.lower()
+    no_traceback(response)
