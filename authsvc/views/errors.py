@@ -7,6 +7,7 @@ caller gets a generic 500 that reveals nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from flask import Flask
@@ -16,9 +17,12 @@ from flask import g
 from flask import jsonify
 from flask import render_template
 from flask import request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from authsvc.errors import AuthsvcError
+from authsvc.errors import DependencyUnavailable
+from authsvc.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,17 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
+
+    @app.errorhandler(sa_exc.OperationalError)
+    @app.errorhandler(sa_exc.InterfaceError)
+    def handle_database_unavailable(exc: sa_exc.DBAPIError) -> Response:
+        # The database went away (stopped, restarted, network): a dependency outage, so a
+        # 503 that invites a retry, never a 500. The pool's pre-ping reconnects afterwards.
+        with contextlib.suppress(Exception):
+            db.session.rollback()
+        return handle_authsvc_error(
+            DependencyUnavailable("The database is unavailable; try again later.")
+        )
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response:
