@@ -527,19 +527,41 @@ def _caller() -> albums.Caller:
     return albums.caller_for(identity, current_actor(), profile.authorized_labels)
 
 
+_FIELD_WORDS = {
+    "name": "The name",
+    "description": "The description",
+    "principal": "The e-mail address, username or group",
+    "kind": "The kind of invitation",
+    "role": "The role",
+    "studies": "The list of studies",
+    "note": "The note",
+    "lifetime_seconds": "The validity",
+    "lifetime": "The validity",
+    "expires_in_days": "The validity",
+    "roles": "The roles",
+}
+
+
 def _form_error(exc: AuthsvcError) -> None:
     """Show a correctable error (bad field, conflict) on the page, in plain words."""
-    message = exc.message
-    details = exc.details if isinstance(exc.details, dict) else None
-    if details:
-        words = "; ".join(
-            f"{k.replace('_', ' ')} {v}"
-            for k, v in details.items()
-            if isinstance(v, str) and " " in v
-        )
-        if words:
-            message = f"{message} ({words})"
-    flash(message, "error")
+    problems: list[tuple[str, str]] = []
+    details = exc.details
+    if isinstance(details, dict):
+        problems = [(str(k), str(v)) for k, v in details.items() if isinstance(v, str)]
+    elif isinstance(details, list):
+        problems = [
+            (str(d.get("field", "")), str(d.get("message", "")))
+            for d in details
+            if isinstance(d, dict)
+        ]
+    sentences = [
+        f"{_FIELD_WORDS.get(field.split('[')[0], field.replace('_', ' ').capitalize())} "
+        f"{message.rstrip('.')}."
+        for field, message in problems
+        # One-word details ("range", "type") are codes for programs; the message says it.
+        if " " in message
+    ]
+    flash(" ".join(sentences) if sentences else exc.message, "error")
 
 
 def _can(

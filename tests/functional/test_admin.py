@@ -267,7 +267,7 @@ def test_empty_album_name_is_explained(db_app: Flask, orthanc: FakeOrthanc) -> N
     response = post(client, "/admin/albums", name="   ")
     assert response.status_code == 302
     page = client.get("/admin/albums")
-    assert 'class="notice error"' in page.text
+    assert '<div class="notice error" role="alert">The name must not be empty.</div>' in page.text
 
 
 def test_add_studies_by_uid_shows_them_with_viewer_links(
