@@ -285,8 +285,10 @@ def _warnings(result: uploads.UploadResult) -> list[str]:
     """Human-readable notes for the Warning header and the JSON answer."""
     notes = []
     if result.pending_studies:
+        names = [s.study_instance_uid or s.study_id for s in result.pending_studies]
+        shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
         notes.append(
-            f"{len(result.pending_studies)} stored study(ies) are not yet in the album; "
+            f"{len(names)} stored study(ies) are not yet in the album ({shown}); "
             "authsvc retries labelling them automatically."
         )
     if result.error is not None:

@@ -572,6 +572,7 @@ def test_labelling_failure_is_recorded_and_retried(world: World) -> None:
     response = world.stow(stow_body(instances), token)
     assert response.status_code == 202
     assert "not yet in the album" in response.headers["Warning"]
+    assert study_uid(instances[0]) in response.headers["Warning"]  # says which study
     assert len(response.get_json()["00081199"]["Value"]) == 2
     assert world.orthanc.labels_of(study) == set()
     with world.app.app_context():
