@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 from flask import Blueprint
 from flask import Response
-from flask import jsonify
+from flask import current_app
 from flask import request
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -103,7 +104,10 @@ def _database_guard(view: Callable[P, R]) -> Callable[P, R]:
 
 
 def _reply(body: Any) -> Response:
-    return jsonify(body)
+    """Serialise a reply (compact JSON; the hot path skips jsonify's provider lookups)."""
+    return current_app.response_class(
+        json.dumps(body, separators=(",", ":")), mimetype="application/json"
+    )
 
 
 # --- C2/C3 ---------------------------------------------------------------------------------------
@@ -153,7 +157,9 @@ def get_profile() -> Response:
                     )
                 )
     svc.decisions.count("profile", "anonymous")
-    return _reply(anonymous_profile_reply(authenticator.profile(authenticator.anonymous), validity))
+    anonymous = authenticator.anonymous
+    profile = svc.profile_cache.get(anonymous, lambda: authenticator.profile(anonymous))
+    return _reply(anonymous_profile_reply(profile, validity))
 
 
 # --- C1 ------------------------------------------------------------------------------------------
