@@ -61,7 +61,8 @@ def claims(
     client_roles: tuple[str, ...] = (),
     groups: tuple[str, ...] = (),
     subject: str | None = None,
-    lifetime: int = 300,
+    # Long enough for tokens made when a test module is imported to outlive a slow full run.
+    lifetime: int = 4 * 3600,
     **extra: Any,
 ) -> dict[str, Any]:
     """Keycloak-shaped access token claims for a user."""
