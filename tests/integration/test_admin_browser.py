@@ -4,13 +4,16 @@ with authsvc under a real gunicorn.
 One scenario, as an imaging specialist would live it: sign in (a typo first), create an album,
 add a study, invite a colleague by e-mail who then signs in and sees it (without any management
 button, and a forged POST refused), hand out an upload token that a script uses, revoke it,
-and sign out. The run saves screenshots of the main pages under docs/screenshots/.
+and sign out. The run takes screenshots of the main pages; with UPDATE_SCREENSHOTS=1 it writes
+them to docs/screenshots/ (the README shows them).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,13 @@ from tests import services
 from tests.dicom_factory import make_study
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "docs" / "screenshots"
+# The README's pictures are rewritten only when asked (UPDATE_SCREENSHOTS=1): every run takes
+# them, but fresh tokens, ports and times would otherwise change the PNGs in everyone's tree.
+SCREENSHOTS = (
+    REPO / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "authsvc-admin-screenshots"
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +118,9 @@ def browser_context(chromium_browser: Any) -> Iterator[Any]:
 def shot(page: Any, name: str) -> None:
     """Save a screenshot of the whole page for the README."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def sign_in(page: Any, base: str, username: str, password: str) -> None:
