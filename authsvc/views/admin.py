@@ -1020,8 +1020,12 @@ def change_role(album_id: str, member_id: int) -> WerkzeugResponse:
 @signed_in
 def remove_member(album_id: str, member_id: int) -> WerkzeugResponse:
     """Remove a member from the album."""
-    albums.remove_member(_caller(), album_id, member_id)
-    flash("Removed from the album.", "success")
+    caller = _caller()
+    members = albums.list_members(caller, album_id, limit=500).items
+    row = next((r for r in _member_rows(caller, None, members) if r["id"] == member_id), None)
+    albums.remove_member(caller, album_id, member_id)
+    who = row["who"] if row is not None else "The member"
+    flash(f"{who} removed from the album: no more access through it.", "success")
     return redirect(url_for("admin.album", album_id=album_id))
 
 

@@ -434,6 +434,7 @@ def test_change_role_remove_and_leave(db_app: Flask, orthanc: FakeOrthanc) -> No
     assert "Role changed to manager." in owner.get(f"/admin/albums/{album_id}").text
     bob = sign_in(db_app, BOB)
     assert post(bob, f"/admin/albums/{album_id}/leave").status_code == 302
+    assert "You left the album “Lung study”." in bob.get("/admin/albums").text
     assert bob.get(f"/admin/albums/{album_id}").status_code == 404
     # The last owner is told in plain words why she cannot leave.
     response = post(owner, f"/admin/albums/{album_id}/leave")
@@ -645,3 +646,18 @@ def test_an_orthanc_outage_is_explained_on_the_album_page(
     assert response.status_code == 503
     assert "try again" in response.text.lower()
     no_traceback(response)
+
+
+def test_removing_a_member_names_them(db_app: Flask, orthanc: FakeOrthanc) -> None:
+    owner = sign_in(db_app, ALICE)
+    sign_in(db_app, BOB)
+    album_id = make_album(owner)
+    add_member(db_app, album_id, BOB, "contributor")
+    with db_app.app_context():
+        bob_row = db.session.scalars(
+            sa.select(AlbumMember.id).where(AlbumMember.principal == "sub-bob")
+        ).one()
+    assert post(owner, f"/admin/albums/{album_id}/members/{bob_row}/remove").status_code == 302
+    page = owner.get(f"/admin/albums/{album_id}")
+    assert "Bob (bob) removed from the album" in page.text
+    assert sign_in(db_app, BOB).get(f"/admin/albums/{album_id}").status_code == 404
