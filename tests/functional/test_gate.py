@@ -87,6 +87,8 @@ def world(gate_app: tuple[Flask, FakeOrthanc, rm.Mocker]) -> dict[str, Any]:
 
 
 def bearer(username: str, sub: str, **kwargs: Any) -> dict[str, str]:
+    # Module-level tokens are signed at import: they must outlive a whole test session.
+    kwargs.setdefault("lifetime", 86_400)
     return {"Authorization": f"Bearer {oidc.make_token(username, subject=sub, **kwargs)}"}
 
 
