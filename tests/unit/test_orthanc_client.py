@@ -198,3 +198,42 @@ def test_all_labels(client: OrthancClient) -> None:
         mock.get(f"{URL}/tools/labels", json={"a": 1})
         with pytest.raises(OrthancError):
             client.all_labels()
+
+
+# --- store_instance: the upload path's lean send ----------------------------------------------
+
+
+def test_store_instance_sends_credentials_type_and_body(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/instances", json={"ID": "i", "ParentStudy": "s", "Status": "Success"})
+        assert client.store_instance(b"DICM-bytes")["ParentStudy"] == "s"
+        sent = mock.last_request
+        assert sent.headers["Authorization"].startswith("Basic ")
+        assert sent.headers["Content-Type"] == "application/dicom"
+        assert sent.body == b"DICM-bytes"
+
+
+def test_store_instance_retries_bytes_but_not_streams(client: OrthancClient) -> None:
+    import io
+
+    with rm.Mocker() as mock:
+        mock.post(
+            f"{URL}/instances",
+            [{"exc": requests.ConnectionError}, {"json": {"ID": "i", "ParentStudy": "s"}}],
+        )
+        assert client.store_instance(b"x")["ID"] == "i"
+        assert mock.call_count == 2
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/instances", exc=requests.ConnectionError)
+        with pytest.raises(OrthancUnavailable, match="unreachable"):
+            client.store_instance(io.BytesIO(b"x"))
+        assert mock.call_count == 1  # a stream cannot be rewound: one try
+
+
+def test_store_instance_translates_refusals(client: OrthancClient) -> None:
+    with rm.Mocker() as mock:
+        mock.post(f"{URL}/instances", status_code=400, json={"Message": "Bad file format"})
+        with pytest.raises(OrthancError) as caught:
+            client.store_instance(b"x")
+        assert caught.value.orthanc_status == 400
+        assert caught.value.details == {"Message": "Bad file format"}
