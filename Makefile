@@ -38,6 +38,7 @@ bench: venv testenv ## print the hot-path benchmarks (numbers, not assertions)
 	AUTHSVC_ENV=testing $(BIN)/python bench/run.py
 	AUTHSVC_ENV=testing $(BIN)/python bench/albums.py
 	AUTHSVC_ENV=testing $(BIN)/python bench/upload.py
+	AUTHSVC_ENV=testing $(BIN)/python bench/gate.py
 
 fuzz: venv ## the long schemathesis run: 200 generated requests per JSON operation and mode
 	AUTHSVC_ENV=testing AUTHSVC_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest tests/functional/test_fuzz.py
