@@ -186,6 +186,21 @@ def test_viewer_reads_a_study_of_her_album_over_rest_wado_and_archive(env: Env) 
     assert frame.status_code == 200
     assert frame.headers["Content-Type"].startswith("multipart/related")
 
+    wado_uri = env.get(
+        f"/wado?requestType=WADO&studyUID={a1.uid}&seriesUID={a1.series_uid}"
+        f"&objectUID={a1.instance_uid}&contentType=application/dicom",
+        "carol",
+    )
+    assert wado_uri.status_code == 200
+    assert pydicom.dcmread(io.BytesIO(wado_uri.content)).SOPInstanceUID == a1.instance_uid
+    b = env.studies["B"]
+    wado_uri_b = env.get(
+        f"/wado?requestType=WADO&studyUID={b.uid}&seriesUID={b.series_uid}"
+        f"&objectUID={b.instance_uid}&contentType=application/dicom",
+        "carol",
+    )
+    assert wado_uri_b.status_code == 403
+
     archive = env.get(f"/studies/{a1.id}/archive", "carol")
     assert archive.status_code == 200
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
