@@ -41,10 +41,13 @@ bench: venv testenv ## print the hot-path benchmarks (numbers, not assertions)
 	AUTHSVC_ENV=testing $(BIN)/python bench/gate.py
 
 fuzz: venv ## the long schemathesis run: 200 generated requests per JSON operation and mode
-	AUTHSVC_ENV=testing AUTHSVC_FUZZ_EXAMPLES=200 $(BIN)/python -m pytest tests/functional/test_fuzz.py
+	AUTHSVC_ENV=testing FUZZ_EXAMPLES=200 $(BIN)/python -m pytest tests/functional/test_fuzz.py
+
+results: venv testenv ## run the hardening suites and short benchmarks; write docs/results.md
+	AUTHSVC_ENV=testing $(BIN)/python bench/results.py --bench
 
 format: venv ## rewrite files with ruff format and import sorting
 	$(BIN)/ruff check --fix --select I authsvc tests bench
 	$(BIN)/ruff format authsvc tests bench
 
-.PHONY: help venv run testenv lint test bench fuzz format
+.PHONY: help venv run testenv lint test bench fuzz results format

@@ -939,3 +939,58 @@ def test_secrets_never_reach_the_logs(world: World) -> None:
     ]
     for secret in secrets:
         assert secret not in logged, secret[:12]
+
+
+# --- CSRF and session fixation on the admin pages -----------------------------------------------
+
+
+class _StubIdp:
+    """Stands in for the OIDC client at the sign-in callback: the provider said yes."""
+
+    def __init__(self, access_token: str) -> None:
+        self.access_token = access_token
+
+    def authorize_access_token(self) -> dict[str, str]:
+        return {"access_token": self.access_token, "id_token": "an-id-token"}
+
+
+def test_csrf_and_session_fixation_on_the_pages(
+    lite: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authsvc.views import admin
+
+    client = lite.client
+    # The attacker plants a session (sid and CSRF token of their choosing) in the victim's browser.
+    with client.session_transaction() as session:
+        session["admin_sid"] = "planted-sid"
+        session["admin_csrf"] = "planted-csrf"
+    assert client.get("/admin/albums").status_code == 302  # a planted sid opens nothing
+    monkeypatch.setattr(
+        admin, "_idp", lambda: _StubIdp(oidc.make_token("olga", subject=sub("olga")))
+    )
+    assert client.get("/admin/callback?code=c&state=s").status_code == 302
+    with client.session_transaction() as session:
+        assert session["admin_sid"] != "planted-sid"
+        assert session["admin_csrf"] != "planted-csrf"
+        real_csrf = session["admin_csrf"]
+    assert client.get("/admin/albums").status_code == 200  # the victim is signed in
+    before = lite.snapshot()
+    # Forms posted without the session's token (cross-site, or with the planted one) fail.
+    for form in (
+        {"name": "csrf"},
+        {"name": "csrf", "csrf_token": "planted-csrf"},
+        {"name": "csrf", "csrf_token": ""},
+        {"name": "csrf", "csrf_token": real_csrf[:-1]},
+    ):
+        assert client.post("/admin/albums", data=form).status_code == 403, form
+    assert client.post("/admin/logout", data={"csrf_token": "planted-csrf"}).status_code == 403
+    assert lite.snapshot() == before
+    # The token is bound to its session: another browser cannot use it.
+    other = lite.app.test_client()
+    stolen = other.post("/admin/albums", data={"name": "x", "csrf_token": real_csrf})
+    assert stolen.status_code == 403
+    assert lite.snapshot() == before
+    # The control: with its own token the form goes through.
+    made = client.post("/admin/albums", data={"name": "csrf ok", "csrf_token": real_csrf})
+    assert made.status_code == 302
+    assert lite.snapshot() != before
