@@ -18,6 +18,7 @@ Two questions the nginx gate and the album DICOMweb endpoint ask on every reques
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc import audit
 from authsvc.audit import AuditAction
@@ -68,6 +70,9 @@ __all__ = [
 READ_TOKEN_DEFAULT_LIFETIME = 7 * 86_400
 READ_TOKEN_MAX_LIFETIME = 365 * 86_400
 _NOTE_MAX = 500
+_TOUCH_INTERVAL = dt.timedelta(seconds=60)
+
+log = logging.getLogger(__name__)
 
 _PRINCIPAL_USER = "user"
 _PRINCIPAL_GROUP = "group"
@@ -313,7 +318,25 @@ def verify_read_token(ring: KeyRing, token: str) -> ReadGrant:
     album = db.session.get(Album, claims.album_id)
     if album is None:
         raise TokenInvalid("The album read token is not valid.")
+    _touch(row)
     return ReadGrant(claims=claims, album_id=album.id, label=album.label, server_id=album.server_id)
+
+
+def _touch(row: AlbumReadToken) -> None:
+    """Record the token's last use, at most once a minute, in its own short transaction."""
+    now = utcnow()
+    if row.last_used_at is not None and now - row.last_used_at < _TOUCH_INTERVAL:
+        return
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.update(AlbumReadToken)
+                .where(AlbumReadToken.id == row.id)
+                .values(last_used_at=now)
+            )
+    except SQLAlchemyError as exc:
+        # Bookkeeping only: a busy database must not turn a valid token away.
+        log.info("album read token %s: last use not recorded (%s)", row.id, type(exc).__name__)
 
 
 def read_token_json(row: AlbumReadToken) -> dict[str, object]:
@@ -325,5 +348,6 @@ def read_token_json(row: AlbumReadToken) -> dict[str, object]:
         "created_at": row.created_at.isoformat(),
         "expires_at": row.expires_at.isoformat(),
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
         "note": row.note,
     }

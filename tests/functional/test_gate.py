@@ -214,6 +214,7 @@ def test_read_token_lifecycle(world: dict[str, Any]) -> None:
     listed = client.get(f"/api/albums/{album}/read-tokens", headers=ALICE).get_json()["items"]
     assert [t["id"] for t in listed] == [created.get_json()["id"]]
     assert "token" not in listed[0]
+    assert listed[0]["last_used_at"] is None
 
     as_token = {"Authorization": f"Bearer {token}"}
     assert gate(client, "GET", f"/studies/{a.id}", as_token).status_code == 200
@@ -222,6 +223,8 @@ def test_read_token_lifecycle(world: dict[str, Any]) -> None:
     assert gate(client, "GET", f"/studies/{b.id}", as_token).status_code == 403
     assert gate(client, "POST", f"/studies/{a.id}/modify", as_token).status_code == 403
     assert gate(client, "GET", "/studies", as_token).status_code == 403
+    listed = client.get(f"/api/albums/{album}/read-tokens", headers=ALICE).get_json()["items"]
+    assert listed[0]["last_used_at"] is not None
 
     revoked = client.delete(
         f"/api/albums/{album}/read-tokens/{created.get_json()['id']}", headers=ALICE
