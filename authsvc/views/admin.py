@@ -289,7 +289,7 @@ def login() -> WerkzeugResponse:
 
 
 @bp.get("/callback")
-def callback() -> WerkzeugResponse | str:
+def callback() -> WerkzeugResponse:
     """Finish the sign-in: check the provider's answer, verify the tokens, open a session."""
     client = _idp()
     try:
@@ -338,10 +338,10 @@ def _bind_invitations(identity: Identity) -> None:
     albums.bind_invitations(identity.subject, identity.email)
 
 
-def _sign_in_failed() -> str:
-    """The page shown when the provider's answer cannot be trusted or has expired."""
+def _sign_in_failed() -> Response:
+    """The page shown when the provider's answer cannot be trusted or has expired (400)."""
     session.pop(_SID, None)
-    return render_template("admin/sign_in_failed.html"), 400  # type: ignore[return-value]
+    return Response(render_template("admin/sign_in_failed.html"), 400, mimetype="text/html")
 
 
 @bp.post("/logout")
