@@ -203,6 +203,21 @@ def test_an_album_from_creation_to_sign_out(
     ).json()
     assert any(label.startswith("album-") for label in labels)
 
+    # 3b. Or pick one from a search of the archive (Orthanc's own wildcard matching).
+    for data in make_study(n_instances=1, patient_name="Nilsson^Eva", study_description="CT neck"):
+        requests.post(f"{orthanc.url}/instances", data=data, timeout=30).raise_for_status()
+    page.click("#pick-link")
+    page.fill("#q", "nilss")
+    page.click("button:has-text('Search')")
+    page.wait_for_selector("#found")
+    found = page.locator("#found").inner_text()
+    assert "Nilsson, Eva" in found and "Lund" not in found
+    page.check("#found input[type=checkbox]")
+    page.click("#add-picked")
+    page.wait_for_selector(".notice")
+    assert "1 study added" in notice(page)
+    assert "Nilsson, Eva" in page.locator("#studies").inner_text()
+
     # 4. Invite a colleague by e-mail, as a viewer.
     page.select_option("#invite-how", "email")
     page.fill("#invite-who", alice["email"])
