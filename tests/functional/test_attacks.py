@@ -416,6 +416,33 @@ def test_idor_ids_of_album_b_through_album_a(world: World) -> None:
     )
 
 
+def test_idor_credentials_of_others(world: World) -> None:
+    """Bob's API key and the plugin's share link, through olga (no admin role)."""
+    olga = bearer("olga")
+    with world.app.app_context():
+        share_id = db.session.scalars(sa.select(ShareToken.id)).one()
+    before = world.snapshot()
+    key_id = world.token_ids["api-key"]
+    for method, path in (
+        ("GET", f"/api/api-keys/{key_id}"),
+        ("DELETE", f"/api/api-keys/{key_id}"),
+        ("GET", f"/api/share-tokens/{share_id}"),
+        ("DELETE", f"/api/share-tokens/{share_id}"),
+    ):
+        response = world.client.open(path, method=method, headers=olga)
+        assert response.status_code in (403, 404), (method, path, response.status_code)
+    for path in ("/api/api-keys?all=true", "/api/share-tokens?all=true"):
+        listed = world.client.get(path, headers=olga)
+        assert listed.status_code == 403 or listed.get_json()["items"] == [], path
+    roles = world.client.put("/api/roles", json={"roles": {}}, headers=olga)
+    assert roles.status_code in (403, 422)
+    assert world.snapshot() == before
+    # Both still work for their owners.
+    study = f"/studies/{world.b.id}"
+    assert world.gate("GET", study, {"api-key": world.tokens["api-key"]}).status_code == 200
+    assert world.validate(world.tokens["share"], world.b) is True
+
+
 FORGED_IDS = [
     "0",
     "-1",
