@@ -1513,6 +1513,59 @@ class Drift:
         return f"{self.kind}: study {self.study_id} label {self.label} ({where}) — {state}"
 
 
+def _recorded(album_id: str) -> set[str]:
+    """Return the Orthanc ids of the studies recorded in an album (a fresh read)."""
+    ids = set(
+        db.session.execute(
+            sa.select(AlbumStudy.study_id).where(AlbumStudy.album_id == album_id)
+        ).scalars()
+    )
+    db.session.rollback()
+    return ids
+
+
+def _still_labelled(client: OrthancClient, study_id: str, label: str, *, expect: bool) -> bool:
+    """Return True if Orthanc still shows the state reconcile found (label present or not).
+
+    A study that no longer exists counts as "not labelled". Orthanc errors keep the first
+    answer (the repair then reports its own error).
+    """
+    try:
+        study = client.get_study(study_id)
+    except (OrthancUnavailable, OrthancError):
+        return True
+    has = study is not None and label in study.get("Labels", [])
+    return has is expect
+
+
+def _settled(album: Album, study_id: str, *, recorded: bool) -> bool:
+    """Return True if the study's record is still as seen and no label change is pending.
+
+    Read in a fresh transaction right before reconcile acts, so a user's add or removal that
+    committed since the first read is left alone (its own pending label change will run).
+    """
+    present = (
+        db.session.execute(
+            sa.select(AlbumStudy.id).where(
+                AlbumStudy.album_id == album.id, AlbumStudy.study_id == study_id
+            )
+        ).first()
+        is not None
+    )
+    pending = (
+        db.session.execute(
+            sa.select(PendingLabel.id).where(
+                PendingLabel.server_id == album.server_id,
+                PendingLabel.study_id == study_id,
+                PendingLabel.label == album.label,
+            )
+        ).first()
+        is not None
+    )
+    db.session.rollback()
+    return present is recorded and not pending
+
+
 @dataclasses.dataclass
 class ReconcileReport:
     """What :func:`reconcile` found and did."""
@@ -1543,32 +1596,32 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
     report = ReconcileReport()
     if repair:
         report.retried = retry_pending_labels(limit=100_000, due_only=False)
-    pending_keys = {
-        (p.server_id, p.study_id, p.label)
-        for p in db.session.execute(sa.select(PendingLabel)).scalars()
-    }
     prefix = services().settings.album_label_prefix
     registry = services().orthanc
     albums = list(db.session.execute(sa.select(Album).order_by(Album.id)).scalars())
     known_labels: set[str] = {a.label for a in albums}
+    db.session.rollback()
     for album in albums:
         client = registry.get(album.server_id)
         if client is None:
             report.errors.append(f"album {album.id}: server {album.server_id!r} not configured")
             continue
+        # The database first, then Orthanc: a study removed (or added) through authsvc in
+        # between shows up as a candidate, and every candidate is checked again against the
+        # database right before it is acted on (_settled), so reconcile never undoes a
+        # concurrent user change.
+        recorded = _recorded(album.id)
         try:
             labelled = {str(s) for s in client.find_studies(labels=[album.label])}
         except (OrthancUnavailable, OrthancError) as exc:
             report.errors.append(f"album {album.id}: {exc.message}")
             continue
-        recorded = {
-            r.study_id: r
-            for r in db.session.execute(
-                sa.select(AlbumStudy).where(AlbumStudy.album_id == album.id)
-            ).scalars()
-        }
-        for study_id in sorted(set(recorded) - labelled):
-            if (album.server_id, study_id, album.label) in pending_keys:
+        for study_id in sorted(recorded - labelled):
+            # Orthanc again, then the database: a removal through authsvc applied meanwhile
+            # is seen in the database (no record, or its pending change), never undone.
+            if not _still_labelled(client, study_id, album.label, expect=False):
+                continue
+            if not _settled(album, study_id, recorded=True):
                 continue
             drift = Drift("missing-label", album.server_id, album.label, study_id, album.id)
             if repair:
@@ -1578,7 +1631,11 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
                 except OrthancError as exc:
                     if exc.orthanc_status == 404:
                         drift.kind = "study-gone"
-                        db.session.delete(recorded[study_id])
+                        db.session.execute(
+                            sa.delete(AlbumStudy).where(
+                                AlbumStudy.album_id == album.id, AlbumStudy.study_id == study_id
+                            )
+                        )
                         audit.record(
                             AuditAction.album_study_remove,
                             "system:reconcile",
@@ -1586,14 +1643,20 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
                             Outcome.success,
                             {"study_id": study_id, "reason": "study no longer in Orthanc"},
                         )
+                        db.session.commit()
                         drift.repaired = True
                     else:
                         report.errors.append(f"study {study_id}: {exc.message}")
                 except OrthancUnavailable as exc:
                     report.errors.append(f"study {study_id}: {exc.message}")
+            db.session.rollback()
             report.drifts.append(drift)
-        for study_id in sorted(labelled - set(recorded)):
-            if (album.server_id, study_id, album.label) in pending_keys:
+        for study_id in sorted(labelled - recorded):
+            # The database again, then Orthanc: a removal through authsvc deletes its pending
+            # row only once Orthanc confirmed it, so a label still there now is not one.
+            if not _settled(album, study_id, recorded=False):
+                continue
+            if not _still_labelled(client, study_id, album.label, expect=True):
                 continue
             drift = Drift("unrecorded-label", album.server_id, album.label, study_id, album.id)
             if repair:
@@ -1614,9 +1677,19 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
                     Outcome.success,
                     {"study_id": study_id, "reason": "label found in Orthanc"},
                 )
-                drift.repaired = True
+                try:
+                    db.session.commit()
+                    drift.repaired = True
+                except sa.exc.IntegrityError:
+                    # Added through authsvc at this very moment: nothing to adopt.
+                    db.session.rollback()
+                    continue
+            db.session.rollback()
             report.drifts.append(drift)
-        db.session.commit()
+    pending_keys = {
+        (p.server_id, p.study_id, p.label)
+        for p in db.session.execute(sa.select(PendingLabel)).scalars()
+    }
     for client in registry:
         try:
             all_labels = client.all_labels()
@@ -1625,6 +1698,11 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
             continue
         for label in sorted(all_labels):
             if label in known_labels or not is_album_label(label, prefix):
+                continue
+            # Fresh check: an album created since the start of this run owns its label.
+            owned = db.session.execute(sa.select(Album.id).where(Album.label == label)).first()
+            db.session.rollback()
+            if owned is not None:
                 continue
             try:
                 studies = [str(s) for s in client.find_studies(labels=[label])]

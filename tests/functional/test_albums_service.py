@@ -560,3 +560,46 @@ def test_a_later_album_write_retries_due_pending_labels(ctx: Flask, orthanc: Fak
     albums.add_studies(ADMIN, album_id, [second.id])
     assert db.session.execute(sa.select(sa.func.count()).select_from(PendingLabel)).scalar() == 0
     assert label not in orthanc.labels_of(first) and label in orthanc.labels_of(second)
+
+
+@pytest.mark.parametrize("applied", ["before-orthanc-answers", "after-orthanc-answers"])
+def test_reconcile_never_undoes_a_concurrent_removal(
+    ctx: Flask, orthanc: FakeOrthanc, monkeypatch: pytest.MonkeyPatch, applied: str
+) -> None:
+    """A user removes a study while reconcile compares; its label change lands in between."""
+    album_id = make_album(owner=ADMIN)
+    label = albums.get_album(ADMIN, album_id).album.label
+    study = orthanc.add_study("1.12.1")
+    albums.add_studies(ADMIN, album_id, [study.id])
+    client = ctx.extensions["authsvc"].orthanc.get("main")
+    real_find, real_recorded = client.find_studies, albums._recorded
+    fired: list[str] = []
+
+    def recorded_after_a_removal(album: str) -> set[str]:
+        if album == album_id and not fired:
+            fired.append("removed")
+            if applied == "before-orthanc-answers":
+                albums.remove_studies(ADMIN, album_id, [study.id])
+            else:  # committed, but Orthanc has not applied the label removal yet
+                orthanc.down = True
+                albums.remove_studies(ADMIN, album_id, [study.id])
+                orthanc.down = False
+        return real_recorded(album)
+
+    def find_then_apply(**kwargs: Any) -> list[Any]:
+        answer = real_find(**kwargs)
+        if kwargs.get("labels") == [label] and applied == "after-orthanc-answers":
+            fired.append("applied")
+            albums.retry_pending_labels(due_only=False)
+        return answer
+
+    monkeypatch.setattr(albums, "_recorded", recorded_after_a_removal)
+    monkeypatch.setattr(client, "find_studies", find_then_apply)
+    report = albums.reconcile(repair=True)
+    assert fired[0] == "removed"
+    assert [d for d in report.drifts if d.album_id == album_id] == []
+    assert label not in orthanc.labels_of(study)
+    recorded = db.session.execute(
+        sa.select(AlbumStudy).where(AlbumStudy.album_id == album_id)
+    ).all()
+    assert recorded == []
