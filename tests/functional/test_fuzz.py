@@ -130,7 +130,13 @@ def test_fuzz_operation_never_5xx_and_matches_its_schema(
         nonlocal calls
         if real_album and "album_id" in (case.path_parameters or {}):
             case.path_parameters["album_id"] = album
-        response = case.call(headers=headers if authenticated or calls == 0 else {})
+        if authenticated or calls == 0:
+            # The generated credentials (from the security schemes) would win over ours.
+            for name in ("Authorization", "api-key"):
+                (case.headers or {}).pop(name, None)
+            response = case.call(headers=headers)
+        else:  # the generated credentials, junk or missing: the auth parsing gets fuzzed
+            response = case.call()
         calls += 1
         case.validate_response(response, checks=CHECKS)
 
