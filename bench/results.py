@@ -83,13 +83,11 @@ FOUND_AND_FIXED = [
     "a deeply nested JSON body raised RecursionError (500) — bodies",
     "a stopped PostgreSQL made every API call a 500; now a JSON 503 — faults",
     "the /api OpenAPI document lacked the 400 of every operation with a body — fuzz",
+    "nginx templates streamed every request body to authsvc, so a dozen clients trickling JSON "
+    "bodies held every authsvc thread; now only the upload routes stream, the rest is buffered "
+    "by nginx, with a `client_body_timeout` — scale-out",
 ]
 STILL_OPEN = [
-    "**slow bodies**: nginx/gate.conf.template sets `proxy_request_buffering off` for the whole "
-    "server, so a dozen clients trickling JSON bodies to /api/ hold every authsvc thread "
-    "(2 instances × 2 threads in the scale-out test): other callers time out. Suggested fix: "
-    "buffer request bodies everywhere except the two upload routes, and a short "
-    "`client_body_timeout`.",
     "**audience `account`**: by default authsvc accepts any token whose `aud` holds `account` "
     "(Keycloak puts it in tokens for every client), even when `azp` names another client. "
     "Set `oidc_audiences` to the client id, or require `azp` when `aud` is only `account`.",

@@ -366,3 +366,38 @@ def test_concurrent_renames_with_one_version_have_one_winner(cluster: Cluster) -
         f"{cluster.base}/api/albums/{cluster.album}", headers=bob, timeout=20
     ).json()
     assert final["name"] == winners[0]
+
+
+def test_slow_bodies_do_not_starve_other_callers(cluster: Cluster) -> None:
+    """Clients trickling JSON bodies through nginx must not hold every authsvc thread.
+
+    nginx buffers request bodies outside the upload routes, so the trickling clients wait on
+    nginx, and the four threads of the two instances stay free for everyone else.
+    """
+    import socket
+
+    host, port = "127.0.0.1", int(cluster.base.rsplit(":", 1)[1])
+    slow = []
+    try:
+        for _ in range(12):  # more than the threads of both instances together (2 x 2)
+            sock = socket.create_connection((host, port), timeout=30)
+            sock.sendall(
+                (
+                    f"POST /api/albums HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    f"Authorization: Bearer {cluster.tokens['alice']}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+                ).encode()
+            )
+            slow.append(sock)
+        time.sleep(1.0)
+        for sock in slow:
+            sock.sendall(b" ")
+        for _ in range(4):
+            # Starved instances would leave these hanging past the timeout.
+            answer = requests.get(
+                f"{cluster.base}/api/albums", headers=cluster.auth("carol"), timeout=10
+            )
+            assert answer.status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
