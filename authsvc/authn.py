@@ -296,6 +296,20 @@ class Authenticator:
             names |= config.group_roles.get(normalize_group(group), frozenset())
         return frozenset(names)
 
+    def key_roles_held(self, identity: Identity) -> frozenset[str]:
+        """Return the roles an API key of this identity may hold: its own, never more.
+
+        Configured roles it matches, plus the admin roles it holds (which need not appear in
+        the roles configuration).
+        """
+        config = self.roles()
+        held = compose_profile(identity, config).roles
+        return held | (self.role_names(identity, config) & self.admin_roles)
+
+    def assignable_roles(self) -> frozenset[str]:
+        """Return the roles a service-account key may be given: configured and admin roles."""
+        return frozenset(self.roles().roles) | self.admin_roles
+
     def profile(self, identity: Identity, *, with_albums: bool = True) -> Profile:
         """Return the identity's global profile (roles), plus its album grants if asked."""
         if identity.is_anonymous:

@@ -1326,7 +1326,7 @@ def _api_keys_page(**extra: Any) -> str:
                 target=Target(token_issued_by_actor=api_key_records.is_owned_by(row, identity)),
             )
         ),
-        configured_roles=sorted(set(authenticator.roles().roles) | authenticator.admin_roles),
+        configured_roles=sorted(authenticator.assignable_roles()),
         expiry_choices=_KEY_EXPIRY_CHOICES,
         **extra,
     )
@@ -1357,19 +1357,16 @@ def create_api_key() -> Response | WerkzeugResponse:
         days = _form_int("expires_in_days")
         expires_at = api_key_records.check_expiry(days or None, now)
         if service:
-            configured = set(authenticator.roles().roles) | authenticator.admin_roles
             roles = api_key_records.check_roles(
-                request.form.getlist("roles"), allowed=configured, what="unknown roles"
+                request.form.getlist("roles"),
+                allowed=authenticator.assignable_roles(),
+                what="unknown roles",
             )
             if not roles:
                 raise ValidationFailed("Tick at least one role for the service account.")
         else:
             # The same rule as POST /api/api-keys: a user's key holds the user's roles, no more.
-            held = profile_for(identity, with_albums=False).roles | (
-                authenticator.role_names(identity, authenticator.roles())
-                & authenticator.admin_roles
-            )
-            roles = sorted(held)
+            roles = sorted(authenticator.key_roles_held(identity))
         created = api_key_records.create_key(
             creator=identity,
             name=name,

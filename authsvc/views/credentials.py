@@ -27,7 +27,6 @@ from flask import request
 from authsvc import api_key_records
 from authsvc.api_key_records import actor_tag
 from authsvc.api_key_records import key_json
-from authsvc.authn import profile_for
 from authsvc.errors import Conflict
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -106,14 +105,12 @@ def create_api_key() -> tuple[Response, int]:
             raise ValidationFailed(
                 details=[{"field": "roles", "message": "a service-account key needs roles"}]
             )
-        configured = set(authenticator.roles().roles) | authenticator.admin_roles
-        roles = api_key_records.check_roles(body["roles"], allowed=configured, what="unknown roles")
+        roles = api_key_records.check_roles(
+            body["roles"], allowed=authenticator.assignable_roles(), what="unknown roles"
+        )
     else:
         # A user's key holds the user's configured roles, or fewer: never more.
-        held = profile_for(identity, with_albums=False).roles
-        held_names = held | (
-            authenticator.role_names(identity, authenticator.roles()) & authenticator.admin_roles
-        )
+        held_names = authenticator.key_roles_held(identity)
         roles = (
             sorted(held_names)
             if "roles" not in body

@@ -234,3 +234,23 @@ def test_actor_ignores_album_grants(monkeypatch: pytest.MonkeyPatch) -> None:
         authn, "album_grants_for", lambda identity: (frozenset({"a"}), frozenset({"view"}))
     )
     assert make_authn().actor(user()).permissions == frozenset()
+
+
+# --- roles an API key may hold ------------------------------------------------------------------
+
+
+def test_key_roles_held_are_the_identitys_own_roles_only() -> None:
+    a = make_authn(admin_roles=("realm-admin",))
+    identity = user(
+        realm_roles=frozenset({"doctor", "realm-admin", "offline_access"}),
+        groups=frozenset({"/radiology"}),
+    )
+    # Configured roles it holds (directly or through a group) and the admin role it holds;
+    # never a Keycloak role the configuration does not know, never someone else's role.
+    assert a.key_roles_held(identity) == {"doctor", "viewer", "realm-admin"}
+    assert a.key_roles_held(user(realm_roles=frozenset({"viewer"}))) == {"viewer"}
+
+
+def test_assignable_roles_are_configured_plus_admin_roles() -> None:
+    a = make_authn(admin_roles=("realm-admin",))
+    assert a.assignable_roles() == set(ROLES.roles) | {"realm-admin"}
