@@ -488,6 +488,13 @@ class Settings:
     upload_max_instances: int = setting(
         10_000, _int(1), "Most DICOM instances one upload request may carry."
     )
+    gate_cache_seconds: int = setting(
+        5,
+        _int(0, 60),
+        "Seconds nginx may reuse an allowed gate decision for the same credentials and study "
+        "(nginx/gate.conf.template); a revocation or removal reaches the gate within this "
+        "time. 0: nginx asks on every request.",
+    )
 
     # -- derived values -------------------------------------------------------------------
 

@@ -219,6 +219,10 @@ def main() -> None:
                 for name, base, headers in variants:
                     walls[name].append(session(base, study, args.frames, headers, args.concurrency))
 
+            log = gated.log_path.read_text(errors="replace")
+            reused = log.count(" gate=HIT")
+            asked = sum(log.count(f" gate={word}") for word in ("MISS", "EXPIRED", "BYPASS"))
+
             series, instance = study.instances[0]
             frame_uri = (
                 f"/dicom-web/studies/{study.uid}/series/{series}/instances/{instance}/frames/1"
@@ -265,6 +269,10 @@ def main() -> None:
         print(
             f"{name:<24}{median:>10.3f}{min(values):>9.3f}{(median / reference - 1) * 100:>+9.1f}%"
         )
+    print(
+        f"gated requests: {reused} answered from nginx's decision cache, {asked} asked authsvc "
+        "(gate_cache_seconds, nginx/authsvc_gate.js)"
+    )
     print(f"\ngate decision, {args.decisions} requests, warm caches")
     print(f"{'path':<34}{'p50 ms':>8}{'p99 ms':>8}")
     for name, values in (

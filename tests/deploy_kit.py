@@ -48,12 +48,35 @@ def render(template: Path, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template.read_text())
 
 
+#: Placeholders that name files of the kit or directories nginx writes: the kit fills them in
+#: (under the state directory) when a caller gives no value, as an operator's volume would.
+KIT_PATHS = {
+    "GATE_NJS": lambda state: NGINX_DIR / "authsvc_gate.js",
+    "GATE_CACHE_DIR": lambda state: state / "gate-cache",
+}
+JS_MODULE = "ngx_http_js_module.so"
+
+
+def js_module() -> Path:
+    """Return nginx's njs module (Debian: libnginx-mod-http-js; scripts/testenv installs it)."""
+    version = subprocess.run(
+        [services._nginx_binary(), "-V"], capture_output=True, text=True, check=False
+    ).stderr
+    found = re.search(r"--modules-path=(\S+)", version)
+    module = Path(found.group(1) if found else "/usr/lib/nginx/modules") / JS_MODULE
+    if not module.exists():
+        raise services.ServiceError(f"{module} is missing: run scripts/testenv/setup.sh")
+    return module
+
+
 def main_config(state_dir: Path, includes: list[Path]) -> str:
     """Return a main nginx.conf that includes the rendered http-context files."""
     state = state_dir.resolve()
     # As root the workers would run as "nobody", who cannot enter pytest's 0700 directories.
     run_as = "user root;" if os.geteuid() == 0 else ""
+    uses_js = any("js_import" in _code(path.read_text()) for path in includes)
     lines = [
+        f"load_module {js_module()};" if uses_js else "",
         run_as,
         "worker_processes 1;",
         "daemon off;",
@@ -79,8 +102,14 @@ def write_config(state_dir: Path, templates: Mapping[str, Mapping[str, str]]) ->
     (state_dir / "tmp").mkdir(exist_ok=True)
     includes = []
     for name, values in templates.items():
+        template = NGINX_DIR / name
+        defaults = {
+            key: str(make(state_dir.resolve()))
+            for key, make in KIT_PATHS.items()
+            if key in placeholders(template)
+        }
         rendered = state_dir / name.removesuffix(".template")
-        rendered.write_text(render(NGINX_DIR / name, values))
+        rendered.write_text(render(template, {**defaults, **values}))
         includes.append(rendered)
     config = state_dir / "nginx.conf"
     config.write_text(main_config(state_dir, includes))

@@ -7,12 +7,14 @@ client header. The answer is a status and two small headers, never a body worth 
 * 403: the policy says no, or something failed on our side (Orthanc, database, OIDC provider):
   fail closed. nginx turns any other status into a 500, so no other status ever leaves here.
 
-``X-Authsvc-Reason`` says why (short, safe: never a token or a URI). Credentials are looked
-for in ``Authorization: Bearer``, the ``token`` header and the ``token`` query argument (OE2's
-names) and the API key header. Each value is either a *link token* — an album read token
-(``ar1.…``), a share link (``sh1.…``) or a legacy orthanc-auth-service link (an HS256 JWT) — or
-an *identity* (a Keycloak JWT, an API key). The identity is tried first, then the link: a user
-who opens a link to a study outside their albums still gets it, read-only.
+``X-Authsvc-Reason`` says why (short, safe: never a token or a URI). ``X-Accel-Expires`` says
+how long nginx may reuse a "yes" to a read (``gate_cache_seconds``; "no" and writes: never).
+
+Credentials are looked for in ``Authorization: Bearer``, the ``token`` header and the ``token``
+query argument (OE2's names) and the API key header. Each value is either a *link token* — an
+album read token (``ar1.…``), a share link (``sh1.…``) or a legacy orthanc-auth-service link (an
+HS256 JWT) — or an *identity* (a Keycloak JWT, an API key). The identity is tried first, then
+the link: a user who opens a link to a study outside their albums still gets it, read-only.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 bp = Blueprint("gate", __name__)
 
 REASON_HEADER = "X-Authsvc-Reason"
+#: nginx's own caching header: seconds its proxy_cache may keep this answer (0: not at all).
+CACHE_HEADER = "X-Accel-Expires"
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 #: Seconds a caller's rights are reused (the roles and membership caches live as long).
 CALLER_TTL = 5.0
 _CALLERS_KEY = "authsvc.gate.callers"
@@ -195,11 +200,16 @@ def _caller_cache() -> TtlMap:
     return cache
 
 
-def _respond(answer: GateAnswer) -> Response:
+def _respond(answer: GateAnswer, method: str) -> Response:
     response = Response(status=answer.status)
     response.headers[REASON_HEADER] = answer.reason
     if answer.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="authsvc"'
+    # How long nginx may reuse this answer for requests with the same key (method, headers,
+    # URI or study: nginx/authsvc_gate.js). Only a "yes" to a read: a "no" is never reused, so
+    # access granted or restored shows at once, and writes are always asked about.
+    seconds = services().settings.gate_cache_seconds if answer.allowed else 0
+    response.headers[CACHE_HEADER] = str(seconds if method in _CACHEABLE_METHODS else 0)
     return response
 
 
@@ -234,4 +244,4 @@ def auth() -> Response:
             answer.status,
             answer.reason,
         )
-    return _respond(answer)
+    return _respond(answer, method)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything authsvc's integration tests start for real (tests/integration):
 #   Orthanc >= 1.12 (+ DICOMweb, Python plugins)   private trixie tree, see install-orthanc.sh
-#   nginx with auth_request                         Debian package, run later as a private instance
+#   nginx with auth_request, njs                    Debian packages, run later as a private instance
 #   Chromium                                        Debian package, driven by PyPI playwright
 #   test OIDC provider                              npm ci in scripts/testenv/idp
 #   PostgreSQL server binaries                      Debian package, for a private cluster if needed
@@ -29,6 +29,7 @@ as_root() {
     fi
 }
 
+njs_module=/usr/lib/nginx/modules/ngx_http_js_module.so
 have_nginx() { command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]; }
 nginx_bin() { command -v nginx || echo /usr/sbin/nginx; }
 have_postgres_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
@@ -61,6 +62,8 @@ apt_install() {
 # --- Debian packages: collect what is missing so apt-get update runs at most once
 missing=()
 have_nginx || missing+=(nginx)
+# njs: nginx/gate.conf.template keys its decision cache with nginx/authsvc_gate.js.
+[[ -e $njs_module ]] || missing+=(libnginx-mod-http-js)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 have_postgres_server || missing+=(postgresql)
 command -v node >/dev/null || missing+=(nodejs)
@@ -75,6 +78,7 @@ have_nginx || die "nginx is still missing after apt-get install"
 # The authorization gateway depends on this module; a build without it is useless here.
 "$(nginx_bin)" -V 2>&1 | grep -q -- '--with-http_auth_request_module' ||
     die "$(nginx_bin) lacks --with-http_auth_request_module"
+[[ -e $njs_module ]] || die "$njs_module is still missing after apt-get install"
 [[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium is still missing after apt-get install"
 have_postgres_server || die "no /usr/lib/postgresql/*/bin/initdb after apt-get install"
 (($(node_major) >= min_node_major)) ||

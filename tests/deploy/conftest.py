@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -97,9 +98,11 @@ class Seen:
 class StubAuthsvc:
     """Records requests; answers GET /gate/auth from the Authorization header, 200 otherwise.
 
-    ``Bearer allow`` -> 204, ``Bearer deny`` -> 403, anything else -> 401 with a
-    ``WWW-Authenticate`` challenge. This tests nginx's side of the contract only; the real
-    decisions are authsvc's and are tested with authsvc itself.
+    ``Bearer allow`` -> 204, ``Bearer allow-ttl-<N>-<anything>`` -> 200 with
+    ``X-Accel-Expires: <N>`` (authsvc's "nginx may reuse this yes for N seconds"),
+    ``Bearer deny`` -> 403, anything else -> 401 with a ``WWW-Authenticate`` challenge.
+    This tests nginx's side of the contract only; the real decisions are authsvc's and are
+    tested with authsvc itself.
     """
 
     port: int
@@ -120,10 +123,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         self.stub.seen.append(Seen(self.command, self.path, headers, body))
         if self.path == "/gate/auth":
-            status = {"Bearer allow": 204, "Bearer deny": 403}.get(
-                headers.get("authorization", ""), 401
-            )
+            authorization = headers.get("authorization", "")
+            ttl = re.fullmatch(r"Bearer allow-ttl-([0-9]+)-.*", authorization)
+            status = {"Bearer allow": 204, "Bearer deny": 403}.get(authorization, 401)
+            status = 200 if ttl else status
             self.send_response(status)
+            if ttl:
+                self.send_header("X-Accel-Expires", ttl.group(1))
             if status == 401:
                 self.send_header("WWW-Authenticate", 'Bearer realm="authsvc"')
             self.send_header("Content-Length", "0")

@@ -9,7 +9,12 @@ The Orthanc behind nginx is the real one, on the kit's configuration files.
 
 from __future__ import annotations
 
+import http.client
 import io
+import os
+import secrets
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,9 @@ import pydicom
 import pytest
 import requests
 
+from authsvc.orthanc_routes import Capability
+from authsvc.orthanc_routes import RouteFamily
+from authsvc.orthanc_routes import classify
 from tests import deploy_kit
 from tests import services
 from tests.deploy import files
@@ -91,6 +99,49 @@ def test_compose_renders_a_combination_that_is_tested() -> None:
         nginx = files.compose(name)["services"]["nginx"]
         mounted = {Path(t).name for _, t in files.bind_mounts(nginx) if "/templates/" in t}
         assert mounted == expected
+
+
+def test_image_main_config_loads_njs_and_passes_nginx_t(tmp_path: Path) -> None:
+    """nginx/nginx.conf (the gate stack's main file) loads njs and runs the gate template.
+
+    The image's paths are moved under tmp_path (module, pid, logs, conf.d), so the file nginx
+    checks is the deployed one with only its locations changed.
+    """
+    nginx = files.compose("docker-compose.gate.yml")["services"]["nginx"]
+    mounts = {target: files.path_of(source) for source, target in files.bind_mounts(nginx)}
+    env = files.service_environment(nginx)
+    assert mounts["/etc/nginx/nginx.conf"] == deploy_kit.NGINX_DIR / "nginx.conf"
+    assert mounts[env["GATE_NJS"]] == deploy_kit.NGINX_DIR / "authsvc_gate.js"
+    ports = [services.free_port() for _ in range(4)]
+    gate_values = {**_upstreams(*ports[1:]), "GATE_LISTEN": f"127.0.0.1:{ports[0]}"}
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "gate.conf").write_text(
+        deploy_kit.render(
+            deploy_kit.NGINX_DIR / "gate.conf.template",
+            {
+                **gate_values,
+                "GATE_NJS": str(deploy_kit.NGINX_DIR / "authsvc_gate.js"),
+                "GATE_CACHE_DIR": str(tmp_path / "cache"),
+            },
+        )
+    )
+    text = (deploy_kit.NGINX_DIR / "nginx.conf").read_text()
+    for image_path, here in (
+        ("modules/ngx_http_js_module.so", str(deploy_kit.js_module())),
+        ("user nginx;", "user root;" if os.geteuid() == 0 else ""),
+        ("/var/log/nginx/error.log", str(tmp_path / "error.log")),
+        ("/var/run/nginx.pid", str(tmp_path / "nginx.pid")),
+        ("/etc/nginx/conf.d/*.conf", f"{conf_d}/*.conf"),
+    ):
+        assert image_path in text
+        text = text.replace(image_path, here)
+    config = tmp_path / "nginx.conf"
+    config.write_text(text)
+    result = subprocess.run(
+        [*deploy_kit.nginx_argv(tmp_path, config), "-t"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_nginx_t_catches_a_broken_template(tmp_path: Path) -> None:
@@ -267,6 +318,160 @@ def test_gate_access_log_never_holds_query_strings(
     log = gate.log_path.read_text()
     assert '"GET /api/albums HTTP/1.1"' in log
     assert secret not in log
+
+
+# ---------------------------------------------------------------- the decision cache
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.2"
+SERIES = "1.2.826.0.1.3680043.8.498.1.1"
+INSTANCE = "1.2.826.0.1.3680043.8.498.1.1.1"
+_S = f"/dicom-web/studies/{STUDY}"
+_I = f"{_S}/series/{SERIES}/instances/{INSTANCE}"
+
+# Reads below one study that share its decision (authsvc_gate.js groups them).
+GROUPED = [
+    _S,
+    f"{_S}/metadata",
+    f"{_S}/series",
+    f"{_S}/instances",
+    f"{_S}/rendered",
+    f"{_S}/thumbnail",
+    f"{_S}/series/{SERIES}",
+    f"{_S}/series/{SERIES}/metadata",
+    f"{_S}/series/{SERIES}/instances",
+    _I,
+    f"{_I}/metadata",
+    f"{_I}/rendered",
+    f"{_I}/frames/1",
+    f"{_I}/frames/2",
+    f"{_I}/frames/1,2,3",
+    f"{_I}/frames/7/rendered",
+]
+# Same study, but each keeps its own key: authsvc must see them.
+UNGROUPED = [
+    f"{_S}/",  # trailing slash
+    f"{_S}/series/{SERIES}/instances/{INSTANCE}/bulk/7FE00010",
+    f"{_S}/series/{SERIES}/../../../../tools/find",
+    f"{_S}/series/{SERIES}/%2e%2e/%2e%2e",
+    f"{_S}/Series/{SERIES}",
+    f"{_S}/series?includefield=all",
+    f"{_S}/series?token=abc&limit=1",
+    f"{_S}/series/{'1' * 65}",
+    f"{_S}/series/{SERIES}/frames/1",
+    f"{_I}/frames/",
+    f"{_I}/frames/a",
+    f"{_S}/series/1..2",
+]
+
+
+def _gate_calls(stub: StubAuthsvc, authorization: str) -> list[Seen]:
+    return [
+        s for s in stub.requests_to("/gate/auth") if s.headers.get("authorization") == authorization
+    ]
+
+
+def _raw_get(port: int, uri: str, headers: dict[str, str]) -> int:
+    """Send ``GET uri`` exactly as written; return the status."""
+    connection = http.client.HTTPConnection(services.LOOPBACK, port, timeout=10)
+    try:
+        connection.request("GET", uri, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _fresh(ttl: int) -> str:
+    return f"Bearer allow-ttl-{ttl}-{secrets.token_hex(8)}"
+
+
+def test_grouped_reads_are_what_authsvc_decides_on_the_study_alone() -> None:
+    """Every URI the nginx script groups is, for authsvc's classifier, a read of that study."""
+    for uri in GROUPED:
+        for method in ("GET", "HEAD"):
+            target = classify(method, uri)
+            assert target.capability is Capability.READ, uri
+            assert target.family is RouteFamily.DICOMWEB_WADO, uri
+            assert {r.study_uid for r in target.resources} == {STUDY}, uri
+
+
+def test_gate_reuses_a_yes_for_the_reads_of_one_study(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """One decision per (credentials, method, study) while authsvc's TTL runs."""
+    bearer = _fresh(60)
+    headers = {"Authorization": bearer}
+    with requests.Session() as http:
+        for uri in GROUPED:
+            assert http.get(f"{gate.url}{uri}", headers=headers, timeout=10).status_code != 401
+        assert len(_gate_calls(stub_authsvc, bearer)) == 1
+        # Another study, another method, another header: each asks authsvc once.
+        http.get(f"{gate.url}/dicom-web/studies/{OTHER_STUDY}", headers=headers, timeout=10)
+        http.head(f"{gate.url}{_S}/metadata", headers=headers, timeout=10)
+        http.get(f"{gate.url}{_S}", headers={**headers, "api-key": "k"}, timeout=10)
+        assert len(_gate_calls(stub_authsvc, bearer)) == 4
+        # A URI outside the grouped shapes is its own key (asked once, then reused as is).
+        http.get(f"{gate.url}/system", headers=headers, timeout=10)
+        http.get(f"{gate.url}/system", headers=headers, timeout=10)
+        assert len(_gate_calls(stub_authsvc, bearer)) == 5
+
+
+def test_gate_asks_about_every_odd_shape_under_a_cached_study(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """Dot segments, escapes, case variants, extra arguments: never served from the cache."""
+    bearer = _fresh(60)
+    headers = {"Authorization": bearer}
+    requests.get(f"{gate.url}{_I}/frames/1", headers=headers, timeout=10)
+    asked = {s.headers["x-original-uri"] for s in _gate_calls(stub_authsvc, bearer)}
+    assert asked == {f"{_I}/frames/1"}
+    for uri in UNGROUPED:
+        _raw_get(gate.port, uri, headers)  # requests would resolve the dot segments itself
+    asked = [s.headers["x-original-uri"] for s in _gate_calls(stub_authsvc, bearer)]
+    assert asked[1:] == UNGROUPED
+
+
+def test_gate_never_reuses_a_no_nor_a_zero_ttl_yes(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    for authorization in ("Bearer deny", _fresh(0)):
+        before = len(_gate_calls(stub_authsvc, authorization))
+        for _ in range(3):
+            requests.get(
+                f"{gate.url}{_S}/metadata", headers={"Authorization": authorization}, timeout=10
+            )
+        assert len(_gate_calls(stub_authsvc, authorization)) == before + 3
+
+
+def test_gate_asks_again_when_the_ttl_is_over(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    bearer = _fresh(1)
+    requests.get(f"{gate.url}{_S}", headers={"Authorization": bearer}, timeout=10)
+    requests.get(f"{gate.url}{_S}", headers={"Authorization": bearer}, timeout=10)
+    assert len(_gate_calls(stub_authsvc, bearer)) == 1
+    time.sleep(2.1)
+    requests.get(f"{gate.url}{_S}", headers={"Authorization": bearer}, timeout=10)
+    assert len(_gate_calls(stub_authsvc, bearer)) == 2
+
+
+def test_gate_cache_holds_no_credential(
+    gate: services.NginxService, stub_authsvc: StubAuthsvc
+) -> None:
+    """Entries are keyed by a SHA-256 digest: no token, key or URI query is written to disk."""
+    bearer = _fresh(60)
+    key = f"api-key-{secrets.token_hex(8)}"
+    query = f"token-{secrets.token_hex(8)}"
+    headers = {"Authorization": bearer, "api-key": key}
+    requests.get(f"{gate.url}/system?token={query}", headers=headers, timeout=10)
+    requests.get(f"{gate.url}{_S}?token={query}", headers=headers, timeout=10)
+    assert len(_gate_calls(stub_authsvc, bearer)) == 2
+    entries = [p for p in (gate.config_path.parent / "gate-cache").rglob("*") if p.is_file()]
+    assert entries
+    for entry in entries:
+        stored = entry.read_bytes()
+        for secret in (bearer.split()[1], key, query):
+            assert secret.encode() not in stored
 
 
 # ---------------------------------------------------------------- the plugin stack's proxy

@@ -118,6 +118,48 @@ def test_viewer_reads_her_album_and_nothing_else(world: dict[str, Any]) -> None:
     assert gate(client, "GET", "/dicom-web/studies", CAROL).status_code == 403
 
 
+def test_only_a_yes_to_a_read_may_be_reused_by_nginx(world: dict[str, Any]) -> None:
+    """X-Accel-Expires: gate_cache_seconds on an allowed GET/HEAD, 0 on anything else."""
+    app: Flask = world["app"]
+    client = app.test_client()
+    a: FakeStudy = world["a"]
+    b: FakeStudy = world["b"]
+    frame = f"/dicom-web/studies/{a.uid}/series/1.2/instances/1.2.3/frames/1"
+    ttl = str(app.extensions["authsvc"].settings.gate_cache_seconds)
+    assert ttl == "5"
+    for method in ("GET", "HEAD"):
+        allowed = gate(client, method, frame, CAROL)
+        assert allowed.status_code == 200
+        assert allowed.headers["X-Accel-Expires"] == ttl
+    refusals = [
+        gate(client, "GET", f"/studies/{b.id}", CAROL),  # 403: policy
+        gate(client, "GET", f"/studies/{a.id}"),  # 401: no credentials
+        gate(client, "GET", f"/studies/{a.id}", {"Authorization": "Bearer junk"}),
+    ]
+    for answer in refusals:
+        assert answer.status_code in (401, 403)
+        assert answer.headers["X-Accel-Expires"] == "0"
+    # An allowed write is asked about every time (root may upload).
+    upload = gate(client, "POST", "/instances", ROOT)
+    assert upload.status_code == 200
+    assert upload.headers["X-Accel-Expires"] == "0"
+
+
+def test_gate_cache_seconds_zero_turns_reuse_off(tmp_path: Any) -> None:
+    config = base_config(tmp_path, orthanc_url=URL, gate_cache_seconds=0, **oidc.oidc_config())
+    with rm.Mocker() as mock:
+        oidc.mock_idp(mock)
+        app = create_app(config)
+        with app.app_context():
+            init_db(db.engine)
+        answer = gate(app.test_client(), "GET", "/ui/app/index.html")
+        assert answer.status_code == 200
+        assert answer.headers["X-Accel-Expires"] == "0"
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 def test_anonymous_is_401_and_static_passes(world: dict[str, Any]) -> None:
     client = world["app"].test_client()
     answer = gate(client, "GET", f"/studies/{world['a'].id}")

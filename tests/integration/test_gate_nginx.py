@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import zipfile
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from tests import services
 from tests.dicom_factory import make_study
 
 INSECURE_SECRET = "insecure-gate-test-secret-key-0123456789abcdef"
+#: How long nginx may reuse a "yes" (short, so the revocation tests wait little).
+GATE_CACHE_SECONDS = 2
 
 
 @dataclass
@@ -81,6 +85,14 @@ def _store(orthanc: services.OrthancService, description: str, n_instances: int 
     )
 
 
+def _until(check: Callable[[], bool]) -> None:
+    """Poll ``check`` until it holds; fail if nginx's decision cache keeps it longer."""
+    limit = time.monotonic() + GATE_CACHE_SECONDS + 1.5
+    while not check():
+        assert time.monotonic() < limit, f"not seen within {GATE_CACHE_SECONDS}s + slack"
+        time.sleep(0.2)
+
+
 def _subject(token: str) -> str:
     payload = token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -105,6 +117,7 @@ def env(
         "upload_token_keys": generate_key("it"),
         # nginx is the one proxy in front of authsvc: trust its X-Forwarded-* headers.
         "proxy_count": "1",
+        "gate_cache_seconds": str(GATE_CACHE_SECONDS),
     }
     app = create_app(settings)
     with app.app_context():
@@ -326,8 +339,11 @@ def test_album_read_token_works_until_revoked(env: Env) -> None:
     )
     assert revoked.status_code == 200
     assert revoked.json()["revoked_at"]
+    # authsvc's own endpoints, and any gate request nginx has no decision for: refused at once.
     assert env.get(f"/dicom-web/albums/{env.album_a}/studies", headers=bearer).status_code == 401
-    assert env.get(f"/studies/{a1.id}", headers=bearer).status_code == 401
+    assert env.get(f"/studies/{a1.id}/series", headers=bearer).status_code == 401
+    # What nginx had already been told "yes" to: refused once that yes is gate_cache_seconds old.
+    _until(lambda: env.get(f"/studies/{a1.id}", headers=bearer).status_code == 401)
 
 
 def test_dicomweb_client_searches_and_retrieves_through_the_album(env: Env) -> None:
@@ -382,8 +398,10 @@ def test_manager_removes_a_study_from_the_album(env: Env, tmp_path: Path) -> Non
         timeout=30,
     )
     assert removed.status_code in (200, 204), removed.text
-    # The gate's cache heard the label change at once.
-    assert env.get(f"/studies/{a2.id}", "carol").status_code == 403
+    # authsvc's label cache heard the change at once: a request nginx has no decision for...
+    assert env.get(f"/studies/{a2.id}/instances", "carol").status_code == 403
+    # ...and nginx's reuse of the earlier "yes" ends within gate_cache_seconds.
+    _until(lambda: env.get(f"/studies/{a2.id}", "carol").status_code == 403)
     found = env.get(f"/dicom-web/albums/{env.album_a}/studies", "carol").json()
     uids = {d["0020000D"]["Value"][0] for d in found}
     assert env.studies["A1"].uid in uids and a2.uid not in uids
