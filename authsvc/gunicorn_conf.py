@@ -8,7 +8,9 @@ start-up with one line naming the key instead of a traceback per worker.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from authsvc import liveness
 from authsvc.config import load_settings
 from authsvc.errors import ConfigError
 
@@ -38,3 +40,8 @@ limit_request_field_size = 16384
 # every instance of the user; several authsvc replicas (or test servers) on one host would
 # fight over it, and authsvc does not use it.
 control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Let long uploads keep a sync worker alive while they progress (authsvc.liveness)."""
+    liveness.install(worker.notify)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+from typing import IO
 from typing import Any
 
 from flask import Blueprint
@@ -28,6 +29,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from authsvc import audit
+from authsvc import liveness
 from authsvc import upload_token_records as records
 from authsvc import uploads
 from authsvc.albums import Caller
@@ -210,6 +212,7 @@ class _RequestStream:
             ) from exc
 
     def read(self, size: int = -1, /) -> bytes:
+        liveness.progress()
         try:
             return self._stream.read(size)
         except RequestEntityTooLarge as exc:
@@ -221,6 +224,17 @@ class _RequestStream:
             raise uploads.MalformedUpload(
                 "The body ended before its announced length (client disconnected?)."
             ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProgressStore:
+    """Orthanc's store, reporting each instance as progress (a ZIP is stored after it is read)."""
+
+    client: OrthancClient
+
+    def store_instance(self, body: bytes | IO[bytes]) -> dict[str, Any]:
+        liveness.progress()
+        return self.client.store_instance(body)
 
 
 def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
@@ -239,7 +253,7 @@ def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
             _RequestStream(),
             kind,
             boundary,
-            store=client,
+            store=_ProgressStore(client),
             sink=uploads.album_sink(album, client, uploader.audit_name),
             limits=uploads.UploadLimits(
                 max_bytes=settings.upload_max_bytes, max_instances=settings.upload_max_instances

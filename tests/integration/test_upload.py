@@ -314,12 +314,23 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
     assert "another album" in info.value.response.json()["message"]
 
 
-class TestLongUploads:
-    """An upload may stream for longer than gunicorn's worker timeout with threaded workers."""
+def _with_pixels(instance: bytes, side: int) -> bytes:
+    """Return the instance with a ``side`` x ``side`` 16-bit image instead of its own."""
+    ds = pydicom.dcmread(io.BytesIO(instance))
+    ds.Rows = ds.Columns = side
+    ds.PixelData = bytes(side * side * 2)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
 
-    @pytest.fixture
-    def gunicorn_env(self) -> dict[str, str]:
-        return {"AUTHSVC_WORKER_TIMEOUT": "5", "AUTHSVC_THREADS": "2"}
+
+class TestLongUploads:
+    """An upload may stream for longer than gunicorn's worker timeout, with sync workers (the
+    default: authsvc.liveness reports progress) and with threaded ones."""
+
+    @pytest.fixture(params=["1", "2"], ids=["sync", "gthread"])
+    def gunicorn_env(self, request: pytest.FixtureRequest) -> dict[str, str]:
+        return {"AUTHSVC_WORKER_TIMEOUT": "5", "AUTHSVC_THREADS": request.param}
 
     def test_a_slow_client_outlives_the_worker_timeout(
         self, served: tuple[Flask, services.Service], orthanc: services.OrthancService
@@ -329,7 +340,9 @@ class TestLongUploads:
         _, server = served
         album_id, label = new_album()
         issued = issue(album_id)
-        instances = make_study(n_instances=40)
+        # 128 kB of pixels each: a sync worker reads 256 kB at a time, and reports progress
+        # after each read (a client sending less than that per worker_timeout is stalled).
+        instances = [_with_pixels(i, 256) for i in make_study(n_instances=40)]
 
         def slowly() -> Iterator[bytes]:
             # About 10 s in all: twice the worker timeout.
