@@ -61,15 +61,15 @@ FAMILIES = {
 BENCHES = {
     "run": ["bench/run.py", "--duration", "3", "--rounds", "1"],
     "albums": ["bench/albums.py", "--lookups", "500", "--studies", "1000", "--rounds", "5"],
-    "gate": ["bench/gate.py", "--frames", "60", "--rounds", "3", "--decisions", "500"],
+    "gate": ["bench/gate.py", "--frames", "200", "--rounds", "5", "--decisions", "500"],
     "upload": [
         "bench/upload.py",
         "--total-mb",
         "128",
         "--batch-mb",
-        "16",
+        "32",
         "--rounds",
-        "2",
+        "4",
     ],
 }
 
