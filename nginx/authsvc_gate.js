@@ -11,7 +11,8 @@
 //    all headers means a credential in any header, under any name, is part of the key. Only a
 //    few headers that change on every request and that authsvc never reads are left out, so a
 //    viewer's requests can share a key;
-//  * the scope: the whole request URI (path and query, as the client sent it), except for
+//  * the scope: the whole Orthanc URI (path and query, as the client sent it; the templates'
+//    $authsvc_gate_uri, without any prefix Orthanc is mounted under), except for
 //    DICOMweb WADO/QIDO reads below one study, which all share the study's scope. authsvc
 //    decides those on the study alone (authsvc/orthanc_routes.py: every such path is a READ
 //    of a resource of that study), and Orthanc answers 404 when a series or instance UID is
@@ -80,7 +81,11 @@ function key(r) {
 function digest(r) {
     const method = r.variables.request_method || '';
     const hash = crypto.createHash('sha256');
-    hash.update('authsvc-gate-v1\n' + method + '\n' + scope(method, r.variables.request_uri || '') + '\n');
+    const uri = r.variables.authsvc_gate_uri;  // the Orthanc URI (the templates define it)
+    if (!uri) {
+        throw new Error('$authsvc_gate_uri is empty');
+    }
+    hash.update('authsvc-gate-v1\n' + method + '\n' + scope(method, uri) + '\n');
     const headers = r.rawHeadersIn;
     for (let i = 0; i < headers.length; i++) {
         const name = headers[i][0].toLowerCase();

@@ -62,16 +62,20 @@ def _tls(tls: TlsFiles, http_port: int, https_port: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "combination",
+    ("combination", "orthanc_auth_request"),
     [
-        ("gate.conf.template",),
-        ("tls.conf.template", "gate.conf.template"),
-        ("tls.conf.template", "plugin.conf.template"),
+        (("gate.conf.template",), None),
+        (("tls.conf.template", "gate.conf.template"), None),
+        (("tls.conf.template", "plugin.conf.template"), "off"),
+        (("tls.conf.template", "plugin.conf.template"), "/_authsvc_gate"),
     ],
-    ids=["gate-plain", "gate-tls", "plugin-tls"],
+    ids=["gate-plain", "gate-tls", "plugin-tls", "plugin-and-gate-tls"],
 )
 def test_rendered_templates_pass_nginx_t(
-    combination: tuple[str, ...], tls_files: TlsFiles, tmp_path: Path
+    combination: tuple[str, ...],
+    orthanc_auth_request: str | None,
+    tls_files: TlsFiles,
+    tmp_path: Path,
 ) -> None:
     """Each combination the compose files (or the tests) render is a valid nginx config."""
     ports = [services.free_port() for _ in range(5)]
@@ -85,7 +89,11 @@ def test_rendered_templates_pass_nginx_t(
             )
             values[name] = {**_upstreams(*ports[2:]), "GATE_LISTEN": listen}
         else:
-            values[name] = {**_upstreams(*ports[2:]), "HTTPS_LISTEN": f"127.0.0.1:{ports[1]}"}
+            values[name] = {
+                **_upstreams(*ports[2:]),
+                "HTTPS_LISTEN": f"127.0.0.1:{ports[1]}",
+                "ORTHANC_AUTH_REQUEST": orthanc_auth_request or "off",
+            }
     output = deploy_kit.check(tmp_path, values)
     assert "test is successful" in output
 
@@ -477,24 +485,46 @@ def test_gate_cache_holds_no_credential(
 # ---------------------------------------------------------------- the plugin stack's proxy
 
 
+def _plugin_proxy(
+    state: Path, stub: StubAuthsvc, orthanc: KitOrthanc, tls_files: TlsFiles, auth_request: str
+) -> services.NginxService:
+    https, http = services.free_port(), services.free_port()
+    service = deploy_kit.start_nginx_templates(
+        state,
+        https,
+        {
+            "tls.conf.template": _tls(tls_files, http, https),
+            "plugin.conf.template": {
+                **_upstreams(stub.port, orthanc.port, services.free_port()),
+                "HTTPS_LISTEN": f"127.0.0.1:{https}",
+                "ORTHANC_AUTH_REQUEST": auth_request,
+            },
+        },
+    )
+    service.http_port = http  # type: ignore[attr-defined]
+    return service
+
+
 @pytest.fixture(scope="module")
 def plugin_proxy(
     kit_state: Path, stub_authsvc: StubAuthsvc, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
 ) -> Iterator[services.NginxService]:
     """tls.conf.template + plugin.conf.template in front of the plugin stack's Orthanc."""
-    https, http = services.free_port(), services.free_port()
-    service = deploy_kit.start_nginx_templates(
-        kit_state / "nginx-plugin",
-        https,
-        {
-            "tls.conf.template": _tls(tls_files, http, https),
-            "plugin.conf.template": {
-                **_upstreams(stub_authsvc.port, plugin_orthanc.port, services.free_port()),
-                "HTTPS_LISTEN": f"127.0.0.1:{https}",
-            },
-        },
+    service = _plugin_proxy(
+        kit_state / "nginx-plugin", stub_authsvc, plugin_orthanc, tls_files, "off"
     )
-    service.http_port = http  # type: ignore[attr-defined]
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def plugin_and_gate(
+    kit_state: Path, stub_authsvc: StubAuthsvc, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
+) -> Iterator[services.NginxService]:
+    """The same, with ORTHANC_AUTH_REQUEST=/_authsvc_gate: the gate also decides /orthanc/."""
+    service = _plugin_proxy(
+        kit_state / "nginx-plugin-gate", stub_authsvc, plugin_orthanc, tls_files, "/_authsvc_gate"
+    )
     yield service
     service.stop()
 
@@ -571,3 +601,61 @@ def test_plugin_proxy_routes_authsvc_paths_with_forwarded_headers(
     assert seen.headers["x-forwarded-host"] == f"127.0.0.1:{plugin_proxy.port}"
     assert seen.headers["authorization"] == "Bearer x"
     assert "x-forwarded-prefix" not in seen.headers
+
+
+def test_plugin_proxy_without_the_gate_never_asks_it(
+    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
+) -> None:
+    """ORTHANC_AUTH_REQUEST=off: Orthanc's plugin alone decides; nginx asks authsvc nothing."""
+    before = len(stub_authsvc.requests_to("/gate/auth"))
+    answer = requests.get(
+        f"{_https(plugin_proxy)}/orthanc/system",
+        headers={"Authorization": "Bearer deny"},
+        verify=str(tls_files.certificate),
+        timeout=10,
+    )
+    assert answer.status_code == 200 and "Version" in answer.json()
+    assert len(stub_authsvc.requests_to("/gate/auth")) == before
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"), [("Bearer allow", 200), ("Bearer deny", 403), ("", 401)]
+)
+def test_plugin_and_gate_asks_the_gate_with_the_orthanc_uri(
+    plugin_and_gate: services.NginxService,
+    stub_authsvc: StubAuthsvc,
+    tls_files: TlsFiles,
+    authorization: str,
+    status: int,
+) -> None:
+    """Both: every /orthanc/ request is decided by the gate on the URI Orthanc sees."""
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = requests.get(
+        f"{_https(plugin_and_gate)}/orthanc/system?probe={status}",
+        headers=headers,
+        verify=str(tls_files.certificate),
+        timeout=10,
+    )
+    assert answer.status_code == status
+    if status == 200:
+        assert "Version" in answer.json()
+    call = _last_gate_call(stub_authsvc)
+    assert call.headers["x-original-uri"] == f"/system?probe={status}"
+    assert call.headers["x-original-method"] == "GET"
+    assert call.headers["x-forwarded-proto"] == "https"
+
+
+def test_plugin_and_gate_reuses_a_yes_per_study_of_the_orthanc_uri(
+    plugin_and_gate: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
+) -> None:
+    """The decision cache keys on the URI without /orthanc, so frames share their study's yes."""
+    bearer = _fresh(60)
+    for uri in GROUPED[:5]:
+        requests.get(
+            f"{_https(plugin_and_gate)}/orthanc{uri}",
+            headers={"Authorization": bearer},
+            verify=str(tls_files.certificate),
+            timeout=10,
+        )
+    calls = _gate_calls(stub_authsvc, bearer)
+    assert [c.headers["x-original-uri"] for c in calls] == [GROUPED[0]]
