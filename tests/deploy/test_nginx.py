@@ -355,6 +355,7 @@ GROUPED = [
     f"{_I}/frames/2",
     f"{_I}/frames/1,2,3",
     f"{_I}/frames/7/rendered",
+    f"{_I}/frames/1/thumbnail",
 ]
 # Same study, but each keeps its own key: authsvc must see them.
 UNGROUPED = [
@@ -370,6 +371,12 @@ UNGROUPED = [
     f"{_I}/frames/",
     f"{_I}/frames/a",
     f"{_S}/series/1..2",
+    f"{_S}/series/.1",
+    f"{_I}/frames/1,,2",
+    f"{_I}/frames/1/rendered/x",
+    f"{_S}/metadata?token=a%2Fb",
+    f"{_S}/metadata?Token=abc",
+    f"{_S}/metadata/",
 ]
 
 
@@ -422,6 +429,10 @@ def test_gate_reuses_a_yes_for_the_reads_of_one_study(
         http.get(f"{gate.url}/system", headers=headers, timeout=10)
         http.get(f"{gate.url}/system", headers=headers, timeout=10)
         assert len(_gate_calls(stub_authsvc, bearer)) == 5
+        # A token argument is part of the key; reads with the same one share it.
+        for uri in (f"{_S}/metadata", f"{_I}/frames/3"):
+            http.get(f"{gate.url}{uri}?token=abc-DEF_0.9~", headers=headers, timeout=10)
+        assert len(_gate_calls(stub_authsvc, bearer)) == 6
 
 
 def test_gate_asks_about_every_odd_shape_under_a_cached_study(
