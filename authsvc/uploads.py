@@ -265,6 +265,9 @@ class _MultipartParser:
         self._buffer = bytearray(b"\r\n")
         self._delimiter = b"\r\n--" + boundary.encode("ascii")
         self._eof = False
+        # Where the delimiter search resumes in the buffer: bytes before it were searched
+        # already and hold no delimiter start (each byte of a body is searched once).
+        self._scan_from = 0
         self._in_body = False
         self._started = False
         self._finished = False
@@ -321,6 +324,7 @@ class _MultipartParser:
         del self._buffer[: eol + 2]
         headers = self._read_headers()
         self._in_body = True
+        self._scan_from = 0
         return MultipartPart(self, headers)
 
     def _read_headers(self) -> dict[str, str]:
@@ -352,22 +356,26 @@ class _MultipartParser:
             return b""
         keep = len(self._delimiter) - 1
         while True:
-            index = self._find_delimiter()
+            index = self._find_delimiter(self._scan_from)
             if index >= 0:
                 if index == 0:
                     del self._buffer[: len(self._delimiter)]
                     self._in_body = False
+                    self._scan_from = 0
                     return b""
                 take = min(index, size)
                 data = bytes(self._buffer[:take])
                 del self._buffer[:take]
+                self._scan_from = index - take  # the delimiter, found again at once
                 return data
             # No delimiter yet: everything but a possible delimiter prefix at the end is body.
             safe = len(self._buffer) - keep
+            self._scan_from = max(0, safe)
             if safe >= size or (safe > 0 and self._eof):
                 take = min(safe, size)
                 data = bytes(self._buffer[:take])
                 del self._buffer[:take]
+                self._scan_from -= take
                 return data
             if not self._fill():
                 if safe > 0:

@@ -137,6 +137,29 @@ def test_iter_multipart_round_trips_arbitrary_bodies(payloads: list[bytes], step
     assert parts == tricky
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=5),
+    step=st.integers(1, 97),
+    reads=st.lists(st.integers(1, 64), min_size=1, max_size=8),
+)
+def test_small_reads_resume_the_delimiter_search_correctly(
+    payloads: list[bytes], step: int, reads: list[int]
+) -> None:
+    """The parser searches each byte once; reads smaller than what it holds must not skip a
+    delimiter (nor find one that is not there), whatever the read and arrival sizes."""
+    # Each body holds a delimiter cut one byte short (then a byte that cannot complete it).
+    tricky = [b"\r\n--" + B.encode()[:-1] + b"\x00" + p + b"\r\n-" for p in payloads]
+    parts = []
+    for part in uploads.iter_multipart(Trickle(multipart(tricky), step), B):
+        out, i = b"", 0
+        while chunk := part.read(reads[i % len(reads)]):
+            out += chunk
+            i += 1
+        parts.append(out)
+    assert parts == tricky
+
+
 def _rest(part: uploads.MultipartPart) -> bytes:
     out = b""
     while chunk := part.read(1000):
