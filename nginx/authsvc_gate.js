@@ -24,11 +24,12 @@
 // The key is a SHA-256 digest: nginx writes a cache entry's key into the entry's file, and
 // tokens and API keys must never be written to disk.
 
-// Headers authsvc never reads and that change from one request to the next.
+// Headers authsvc never reads and that change from one request to the next (Accept: a
+// viewer asks for metadata as JSON, then for frames as multipart).
 const VOLATILE = {
     'x-request-id': 1, 'traceparent': 1, 'tracestate': 1, 'range': 1, 'if-range': 1,
     'if-none-match': 1, 'if-modified-since': 1, 'cache-control': 1, 'pragma': 1,
-    'content-length': 1,
+    'content-length': 1, 'accept': 1,
 };
 
 // No RegExp here: with njs 0.7 every request gets its own copy of the module's objects, and

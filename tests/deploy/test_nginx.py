@@ -429,6 +429,11 @@ def test_gate_reuses_a_yes_for_the_reads_of_one_study(
         http.get(f"{gate.url}/system", headers=headers, timeout=10)
         http.get(f"{gate.url}/system", headers=headers, timeout=10)
         assert len(_gate_calls(stub_authsvc, bearer)) == 5
+        # Accept and a request id are not: a viewer's metadata and frames share the study's yes.
+        for uri, accept in ((f"{_S}/metadata", "application/dicom+json"), (_I, "*/*")):
+            extra = {"Accept": accept, "X-Request-ID": secrets.token_hex(4)}
+            http.get(f"{gate.url}{uri}", headers={**headers, **extra}, timeout=10)
+        assert len(_gate_calls(stub_authsvc, bearer)) == 5
         # A token argument is part of the key; reads with the same one share it.
         for uri in (f"{_S}/metadata", f"{_I}/frames/3"):
             http.get(f"{gate.url}{uri}?token=abc-DEF_0.9~", headers=headers, timeout=10)
