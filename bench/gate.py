@@ -79,19 +79,21 @@ class Study:
             self.instances.append((ds.SeriesInstanceUID, ds.SOPInstanceUID))
         self.id = answer["ParentStudy"]
 
+    def frame_path(self, i: int = 0) -> str:
+        """Return the WADO-RS path of frame 1 of the ``i``-th instance (cycling)."""
+        series, instance = self.instances[i % len(self.instances)]
+        return f"/dicom-web/studies/{self.uid}/series/{series}/instances/{instance}/frames/1"
+
+
+FRAME_ACCEPT = {"Accept": 'multipart/related; type="application/octet-stream"'}
+
 
 def _frames(base: str, study: Study, indexes: range, headers: dict[str, str]) -> None:
     """Fetch the frames ``indexes`` (cycling over the instances) on one connection."""
-    accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
     with requests.Session() as http:
         http.headers.update(headers)
         for i in indexes:
-            series, instance = study.instances[i % len(study.instances)]
-            url = (
-                f"{base}/dicom-web/studies/{study.uid}/series/{series}/instances/{instance}"
-                "/frames/1"
-            )
-            frame = http.get(url, headers=accept, timeout=30)
+            frame = http.get(f"{base}{study.frame_path(i)}", headers=FRAME_ACCEPT, timeout=30)
             if frame.status_code != 200:
                 raise RuntimeError(f"frame request answered {frame.status_code} at {base}")
             _ = frame.content
@@ -221,18 +223,14 @@ def main() -> None:
 
             # One frame at a time, the variants interleaved request by request on kept-alive
             # connections: the per-frame cost of the gate, free of the drift between rounds.
-            series, instance = study.instances[0]
-            frame_path = (
-                f"/dicom-web/studies/{study.uid}/series/{series}/instances/{instance}/frames/1"
-            )
-            accept = {"Accept": 'multipart/related; type="application/octet-stream"'}
+            frame_path = study.frame_path()
             per_frame: dict[str, list[float]] = {name: [] for name, _, _ in variants}
             clients = {name: requests.Session() for name, _, _ in variants}
             for _ in range(args.frames * 2):
                 for name, base, headers in variants:
                     started_at = time.perf_counter()
                     clients[name].get(
-                        f"{base}{frame_path}", headers={**accept, **headers}, timeout=30
+                        f"{base}{frame_path}", headers={**FRAME_ACCEPT, **headers}, timeout=30
                     ).raise_for_status()
                     per_frame[name].append((time.perf_counter() - started_at) * 1000)
             for client in clients.values():
@@ -242,11 +240,7 @@ def main() -> None:
             reused = log.count(" gate=HIT")
             asked = sum(log.count(f" gate={word}") for word in ("MISS", "EXPIRED", "BYPASS"))
 
-            series, instance = study.instances[0]
-            frame_uri = (
-                f"/dicom-web/studies/{study.uid}/series/{series}/instances/{instance}/frames/1"
-            )
-            gate_headers = {**bearer, "X-Original-Method": "GET", "X-Original-URI": frame_uri}
+            gate_headers = {**bearer, "X-Original-Method": "GET", "X-Original-URI": frame_path}
             with requests.Session() as http:
 
                 def over_http() -> None:

@@ -10,6 +10,7 @@ operator deploys.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -57,6 +58,7 @@ KIT_PATHS = {
 JS_MODULE = "ngx_http_js_module.so"
 
 
+@functools.cache
 def js_module() -> Path:
     """Return nginx's njs module (Debian: libnginx-mod-http-js; scripts/testenv installs it)."""
     version = subprocess.run(
