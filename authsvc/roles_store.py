@@ -4,9 +4,12 @@ The roles configuration (role -> permissions + authorized labels, group -> roles
 database (``roles_config``, one row) so every worker and replica sees the same one; every change
 adds a ``roles_config_history`` row saying who changed what and when, and an audit event.
 
-* :class:`RolesStore` reads it through a cache of a few seconds (profiles are computed on every
-  plugin call; the plugin itself caches them for ``validity`` seconds, so a change reaches users
-  within ``validity`` + the cache TTL);
+* :meth:`RolesStore.load` reads the stored document; everything that shows or returns the
+  document itself (``GET /settings/roles``, ``GET /api/roles``, the admin page) uses it, so a
+  change made through any worker or instance is read back at once;
+* :meth:`RolesStore.current` serves profile composition (every plugin call) through a cache of
+  a few seconds; the app sets its TTL so that roles cache + profile cache stay within the
+  plugin's own ``validity``;
 * :meth:`RolesStore.save` replaces it with optimistic concurrency: the caller names the version
   it edited (``expected_version``); a stale version is refused with 409. The plugin's
   ``PUT /settings/roles`` carries no version and overwrites, as orthanc-auth-service did;

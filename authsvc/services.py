@@ -73,8 +73,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         )
     )
     verifier = build_verifier(settings)
-    profile_cache = ProfileCache()
-    roles = RolesStore(roles_file=settings.roles_file, on_change=profile_cache.clear)
+    # A roles change made by another worker or instance reaches the profiles this worker
+    # composes within two of these TTLs (roles, then profile), which stays within the plugin's
+    # own cache time (``plugin_validity``). Reads of the roles document itself are never cached.
+    cache_ttl = min(5.0, settings.plugin_validity / 2)
+    profile_cache = ProfileCache(ttl=cache_ttl)
+    roles = RolesStore(roles_file=settings.roles_file, ttl=cache_ttl, on_change=profile_cache.clear)
     roles.read_file()  # a bad roles file stops start-up with one line, not a 500 later
     authenticator = Authenticator(
         verifier=verifier,

@@ -1227,7 +1227,7 @@ def roles() -> str:
     """The roles × permissions × labels grid: the same data as ``/settings/roles``."""
     if not decide(current_actor(), Action.ROLES_VIEW):
         raise Forbidden("This page is for administrators.")
-    snapshot = services().roles.snapshot()
+    snapshot = services().roles.load()  # the stored version, not this worker's cache
     config = snapshot.config
     used = sorted(
         {p for grant in config.roles.values() for p in grant.permissions} - set(PLUGIN_PERMISSIONS)

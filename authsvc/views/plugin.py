@@ -221,8 +221,13 @@ def decode_token() -> Response:
 @bp.get("/settings/roles")
 @_database_guard
 def get_roles() -> Response:
-    """Return the roles configuration in the plugin's JSON shape."""
-    return _reply(services().roles.snapshot().config.to_json())
+    """Return the roles configuration in the plugin's JSON shape, as stored right now.
+
+    Read from the database on every call (one primary-key read; OE2 asks on page loads, not per
+    image), never from this worker's cache: a change made through any worker or instance is
+    what the next GET returns.
+    """
+    return _reply(services().roles.load().config.to_json())
 
 
 @bp.put("/settings/roles")

@@ -93,3 +93,40 @@ def test_bad_roles_file_stops_start_up(tmp_path: Path, content: str | None, mess
     with pytest.raises(ConfigError, match=message) as info:
         create_app(base_config(tmp_path, roles_file=str(path)))
     assert "AUTHSVC_ROLES_FILE" in str(info.value)
+
+
+def test_a_change_through_one_app_is_read_back_through_another_at_once(
+    tmp_path: Path, extra_config: dict[str, Any]
+) -> None:
+    """Two workers (or instances) on one database: no stale GET after a PUT elsewhere."""
+    from tests.plugin_client import PluginClient
+
+    config = base_config(
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+        plugin_username="share-user",
+        plugin_password="change-me",
+        **extra_config,
+    )
+    first, second = create_app(config), create_app(config)
+    with first.app_context():
+        db.create_all()
+    one, two = PluginClient(first.test_client()), PluginClient(second.test_client())
+    try:
+        # Both read (and cache) version 1 first, as busy workers would.
+        for client in (one, two):
+            assert client.get("/settings/roles").get_json()["roles"]["r"]["permissions"] == ["view"]
+        for round_ in range(3):
+            document = {
+                "roles": {"r": {"permissions": ["view"], "authorized-labels": [f"l{round_}"]}}
+            }
+            writer, reader = (one, two) if round_ % 2 == 0 else (two, one)
+            assert writer.put("/settings/roles", {**document, "server-id": None}).status_code == 200
+            got = reader.get("/settings/roles").get_json()
+            assert got["roles"]["r"]["authorized-labels"] == [f"l{round_}"]
+            api = reader.client.get("/api/roles")  # unauthenticated: refused, never stale data
+            assert api.status_code == 401
+    finally:
+        for app in (first, second):
+            with app.app_context():
+                db.engine.dispose()
