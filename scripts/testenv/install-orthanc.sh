@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install Orthanc >= 1.12 with the DICOMweb and Python plugins for the integration tests.
+# Install Orthanc >= 1.12 with the DICOMweb and Python plugins for the integration tests, plus
+# the runtime libraries of the Advanced Authorization plugin (liborthancframework1 and its
+# dependencies: the plugin itself comes prebuilt, see setup.sh).
 #
 # bookworm only ships Orthanc 1.10 (no labels), so the packages come from Debian trixie.
 # They are downloaded with an apt configuration that lives entirely under the target folder
@@ -7,7 +9,9 @@
 # The result runs through trixie's own dynamic loader (see orthanc.sh).
 #
 # Target: ${AUTHSVC_TESTENV:-$HOME/.cache/authsvc}/orthanc   (kept outside the repository)
-# Safe to re-run: a finished install is detected by its stamp file and left alone.
+# Safe to re-run: a finished install is detected by its stamp file and left alone. The stamp
+# records the package list, so a tree installed from another list (e.g. one made before the
+# authorization plugin's libraries were added) is rebuilt on the next run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,9 +20,16 @@ dest=$base/orthanc
 tree=$dest/root
 stamp=$dest/installed.stamp
 suite=trixie
-packages=(orthanc orthanc-dicomweb orthanc-python)
+# liborthancframework1 (trixie's name for the 1.12.7 framework, built from the same source as
+# orthanc): what the authorization plugin links against, while the Orthanc binary has the
+# framework built in. Its Depends bring boost 1.83, jsoncpp, curl, civetweb, lua, pugixml, DCMTK.
+packages=(orthanc orthanc-dicomweb orthanc-python liborthancframework1)
+libdir=$tree/usr/lib/x86_64-linux-gnu
+loader=$tree/usr/lib64/ld-linux-x86-64.so.2
+stamp_packages="packages: ${packages[*]}"
 
-if [[ -f $stamp && -x $tree/usr/sbin/Orthanc ]]; then
+if [[ -f $stamp && -x $tree/usr/sbin/Orthanc ]] &&
+    grep -qxF -- "$stamp_packages" "$stamp"; then
     exit 0
 fi
 
@@ -70,11 +81,31 @@ mkdir -p "$tree.partial"
 for deb in "$aptdir"/archives/*.deb; do
     dpkg-deb --extract "$deb" "$tree.partial"
 done
+# liborthancframework1 ships its library in /usr/lib, not in the multiarch folder that
+# orthanc.sh puts on the loader's --library-path: link it there.
+for lib in "$tree.partial"/usr/lib/libOrthancFramework.so.*; do
+    if [[ -e $lib ]]; then
+        ln -sfn "../${lib##*/}" "$tree.partial/usr/lib/x86_64-linux-gnu/${lib##*/}"
+    fi
+done
 rm -rf "$tree"
 mv "$tree.partial" "$tree"
 rm -f "$aptdir"/archives/*.deb
 
-# Prove the tree actually runs before declaring success.
+# Prove the tree actually runs before declaring success: Orthanc itself, and the framework
+# library every dynamically linked plugin (the authorization one) resolves against.
 version=$("$here/orthanc.sh" --version)
 echo "${version%%$'\n'*}"
-date -u +%FT%TZ >"$stamp"
+framework=$(compgen -G "$libdir/libOrthancFramework.so.1*" | head -n1 || true)
+if [[ -z $framework ]]; then
+    echo "install-orthanc: no libOrthancFramework.so.1 under $libdir" >&2
+    exit 1
+fi
+missing=$("$loader" --library-path "$libdir:$tree/usr/lib/orthanc" --list "$framework" 2>&1 |
+    grep -E 'not found|error' || true)
+if [[ -n $missing ]]; then
+    echo "install-orthanc: $framework does not resolve in the tree:" >&2
+    echo "$missing" >&2
+    exit 1
+fi
+{ echo "$stamp_packages"; date -u +%FT%TZ; } >"$stamp"
