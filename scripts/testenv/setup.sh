@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything authsvc's integration tests start for real (tests/integration):
 #   Orthanc >= 1.12 (+ DICOMweb, Python plugins)   private trixie tree, see install-orthanc.sh
+#   Advanced Authorization plugin                   prebuilt .so, cached next to that tree
 #   nginx with auth_request, njs                    Debian packages, run later as a private instance
 #   Chromium                                        Debian package, driven by PyPI playwright
 #   test OIDC provider                              npm ci in scripts/testenv/idp
@@ -59,6 +60,33 @@ apt_install() {
 # --- Orthanc: private tree, never the host's package database
 "$here/install-orthanc.sh" >/dev/null || die "install-orthanc.sh failed"
 
+# --- the real Advanced Authorization plugin (AGPL, loaded as is, never copied into the repo).
+# No Debian suite packages it: take $AUTHSVC_TEST_AUTHZ_PLUGIN, else the build shared next to
+# the checkout, and keep a copy beside the Orthanc tree (tests/services.py looks there last), so
+# a later run from a checkout elsewhere still has it.
+testenv=${AUTHSVC_TESTENV:-$HOME/.cache/authsvc}
+repo=$(cd "$here/../.." && pwd)
+authz_cached=$testenv/orthanc-authorization/libOrthancAuthorization.so
+authz_source=${AUTHSVC_TEST_AUTHZ_PLUGIN:-$repo/../shared/orthanc-authorization/libOrthancAuthorization.so}
+if [[ -f $authz_source ]]; then
+    if ! cmp -s "$authz_source" "$authz_cached"; then
+        mkdir -p "${authz_cached%/*}"
+        install -m 0644 "$authz_source" "$authz_cached.partial"
+        mv -f "$authz_cached.partial" "$authz_cached"
+    fi
+elif [[ -n ${AUTHSVC_TEST_AUTHZ_PLUGIN:-} ]]; then
+    die "AUTHSVC_TEST_AUTHZ_PLUGIN=$AUTHSVC_TEST_AUTHZ_PLUGIN is not a file"
+elif [[ ! -f $authz_cached ]]; then
+    die "no Orthanc authorization plugin (looked at $authz_source and $authz_cached);" \
+        "set AUTHSVC_TEST_AUTHZ_PLUGIN to a libOrthancAuthorization.so built for trixie's Orthanc 1.12"
+fi
+orthanc_tree=$testenv/orthanc/root
+authz_unresolved=$("$orthanc_tree/usr/lib64/ld-linux-x86-64.so.2" \
+    --library-path "$orthanc_tree/usr/lib/x86_64-linux-gnu:$orthanc_tree/usr/lib/orthanc" \
+    --list "$authz_cached" 2>&1 | grep -E 'not found|error|not a dynamic' || true)
+[[ -z $authz_unresolved ]] ||
+    die "$authz_cached does not resolve its libraries in $orthanc_tree: $authz_unresolved"
+
 # --- Debian packages: collect what is missing so apt-get update runs at most once
 missing=()
 have_nginx || missing+=(nginx)
@@ -99,6 +127,7 @@ orthanc_version=${orthanc_version%%$'\n'*}
 postgres_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 printf '%-14s %s\n' \
     orthanc "${orthanc_version##* }" \
+    orthanc-authz "$authz_cached ($(sha256sum "$authz_cached" | cut -c1-12))" \
     nginx "$("$(nginx_bin)" -v 2>&1 | sed 's/^nginx version: //')" \
     chromium "$(/usr/bin/chromium --version 2>/dev/null | head -n1)" \
     node "$(node -v)" \
