@@ -146,6 +146,30 @@ def main_check_config() -> None:
     click.echo(f"configuration ok (env={settings.env.value})")
 
 
+@main.command("check-orthanc")
+@_fail_on_config_error
+def main_check_orthanc() -> None:
+    """Check that every configured Orthanc answers and lets authsvc write labels."""
+    from authsvc.config import load_settings
+    from authsvc.errors import OrthancUnavailable
+    from authsvc.services import orthanc_servers
+
+    failed = False
+    for client in orthanc_servers(load_settings()):
+        name = client.server.id or "default"
+        try:
+            problem = client.label_write_problem()
+        except OrthancUnavailable as exc:
+            problem = exc.message
+        if problem is None:
+            click.echo(f"orthanc {name}: ok (label writes allowed)")
+        else:
+            failed = True
+            click.echo(f"orthanc {name}: {problem}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
 @main.command("config-doc")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "toml"]), default="markdown")
 def main_config_doc(fmt: str) -> None:

@@ -189,6 +189,13 @@ def _bind(value: Any) -> str:
     return text
 
 
+def _service_key(value: Any) -> str:
+    text = _str(value).strip()
+    if text and (len(text) < 32 or not text.isascii() or not text.isprintable()):
+        raise ValueError("must be at least 32 printable ASCII characters")
+    return text
+
+
 def _key_ring(value: Any) -> str:
     text = _str(value).strip()
     if text:
@@ -280,10 +287,25 @@ class Settings:
     )
     orthanc_username: str = setting("", _str, "User authsvc uses to call Orthanc.")
     orthanc_password: str = setting("", _str, "Password authsvc uses to call Orthanc.", secret=True)
+    orthanc_service_key: str = setting(
+        "",
+        _service_key,
+        "Key authsvc sends to an Orthanc that runs the authorization plugin, in the "
+        "`orthanc_service_key_header`, and answers the plugin's profile request for with its own "
+        "service profile (view, upload, edit-labels on every label). At least 32 characters.",
+        secret=True,
+        example="CHANGE-ME-random-service-key-of-32-or-more-characters",
+    )
+    orthanc_service_key_header: str = setting(
+        "api-key",
+        _nonempty,
+        "Header that carries `orthanc_service_key` (one of the plugin's `TokenHttpHeaders`).",
+    )
     orthanc_servers: tuple[dict[str, Any], ...] = setting(
         (),
         _json_list,
-        'More Orthanc servers: JSON list of `{"id", "url", "username", "password"}`.',
+        "More Orthanc servers: JSON list of "
+        '`{"id", "url", "username", "password", "service_key"}`.',
         secret=True,
         example="[]",
     )

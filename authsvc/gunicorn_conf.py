@@ -42,6 +42,30 @@ limit_request_field_size = 16384
 control_socket_disable = True
 
 
+def on_starting(server: Any) -> None:
+    """Refuse to start when an Orthanc answers but will not let authsvc write labels.
+
+    Albums are Orthanc labels that authsvc writes with its own credentials; an Orthanc whose
+    authorization plugin refuses them would make every album look empty and every upload end
+    as "pending". That is a configuration error, said once here instead of per request.
+    """
+    from authsvc.errors import ConfigError as BadServers
+    from authsvc.orthanc import OrthancServers
+    from authsvc.orthanc import label_write_problems
+    from authsvc.services import orthanc_servers
+
+    try:
+        servers: OrthancServers = orthanc_servers(_settings)
+    except BadServers as exc:
+        sys.stderr.write(f"authsvc: configuration error: {exc}\n")
+        sys.exit(2)
+    problems = label_write_problems(servers)
+    for problem in problems:
+        sys.stderr.write(f"authsvc: start-up check failed: {problem}\n")
+    if problems:
+        sys.exit(3)
+
+
 def post_worker_init(worker: Any) -> None:
     """Let long uploads keep a sync worker alive while they progress (authsvc.liveness)."""
     liveness.install(worker.notify)

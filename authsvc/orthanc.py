@@ -12,6 +12,7 @@ Several servers can be configured; each has the id the Advanced Authorization pl
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,10 @@ from authsvc.errors import OrthancUnavailable
 
 log = logging.getLogger(__name__)
 
+# The label-write probe: an Orthanc id of the right shape that no resource has.
+_PROBE_STUDY = "00000000-00000000-00000000-00000000-00000000"
+_PROBE_LABEL = "authsvc-probe"
+
 # 502/503/504 come from proxies or an Orthanc that is starting: worth one more try.
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -44,6 +49,10 @@ class OrthancServer:
     password: str = dataclasses.field(default="", repr=False)
     timeout: float = 10.0
     retries: int = 2
+    #: Sent in ``service_key_header`` on every call: the credential an Orthanc with the
+    #: authorization plugin knows authsvc by (the plugin asks authsvc for its profile).
+    service_key: str = dataclasses.field(default="", repr=False)
+    service_key_header: str = "api-key"
 
 
 class OrthancClient:
@@ -60,6 +69,8 @@ class OrthancClient:
         self.session = session or requests.Session()
         if server.username:
             self.session.auth = (server.username, server.password)
+        if server.service_key:
+            self.session.headers[server.service_key_header] = server.service_key
         self.backoff = backoff
         # Proxies, TLS verification and certificates from the environment, read once (lean sends).
         self._send_settings: dict[str, Any] | None = None
@@ -229,6 +240,40 @@ class OrthancClient:
         finally:
             self._labels_changed(study_id)
 
+    def label_write_problem(self) -> str | None:
+        """Try a label write that changes nothing; return None if allowed, else what is wrong.
+
+        The probe puts a label on a study id no resource can have: an Orthanc that lets
+        authsvc write labels answers 404 (no such study), one that refuses authsvc's
+        credentials (the authorization plugin without ``orthanc_service_key``, wrong Basic
+        credentials) answers 401 or 403 before looking.
+
+        :raise OrthancUnavailable: Orthanc cannot be reached (nothing is known yet).
+        """
+        where = f"Orthanc '{self.server.id or 'default'}' at {self.server.url}"
+        try:
+            self.request(
+                "PUT",
+                f"/studies/{_PROBE_STUDY}/labels/{_PROBE_LABEL}",
+                data=b"",
+                idempotent=False,
+                timeout=min(self.server.timeout, 5.0),
+            )
+        except OrthancError as exc:
+            status = exc.orthanc_status
+            if status == 404:
+                return None
+            if status in (401, 403):
+                return (
+                    f"{where} refuses authsvc's label writes (HTTP {status}), so albums cannot "
+                    "work. With the authorization plugin, set AUTHSVC_ORTHANC_SERVICE_KEY (sent "
+                    "in AUTHSVC_ORTHANC_SERVICE_KEY_HEADER, which must be one of the plugin's "
+                    "TokenHttpHeaders) and point Orthanc's WebServiceRootUrl at this authsvc; "
+                    "without it, check AUTHSVC_ORTHANC_USERNAME/PASSWORD."
+                )
+            return f"{where} answered HTTP {status} to a label write; check AUTHSVC_ORTHANC_URL."
+        return None
+
     def _labels_changed(self, study_id: str) -> None:
         """Tell the label caches that a study's labels may have changed."""
         for listener in self.label_listeners:
@@ -353,6 +398,35 @@ class OrthancServers:
         """Return the configured server ids."""
         return list(self._clients)
 
+    def is_service_key(self, token: str, server_id: str | None) -> bool:
+        """Tell whether ``token`` is authsvc's own key for the server the plugin names.
+
+        Compared in constant time; a key configured for another server does not count.
+        """
+        client = self.get(server_id)
+        key = client.server.service_key if client is not None else ""
+        if not key or not token:
+            return False
+        return hmac.compare_digest(token.encode("utf-8"), key.encode("utf-8"))
+
+
+def label_write_problems(servers: Iterable[OrthancClient]) -> list[str]:
+    """Probe every server's label writes; return one sentence per server that refuses them.
+
+    A server that cannot be reached is logged and not counted: it may simply be starting,
+    and every request then fails closed until it answers.
+    """
+    problems = []
+    for client in servers:
+        try:
+            problem = client.label_write_problem()
+        except OrthancUnavailable as exc:
+            log.warning("start-up check skipped: %s", exc.message)
+            continue
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
 
 def servers_from_settings(
     url: str,
@@ -363,6 +437,8 @@ def servers_from_settings(
     *,
     timeout: float,
     retries: int,
+    service_key: str = "",
+    service_key_header: str = "api-key",
 ) -> list[OrthancServer]:
     """Build the server list from the ``orthanc_*`` settings; raise ConfigError on bad entries."""
     servers = []
@@ -375,6 +451,8 @@ def servers_from_settings(
                 password=password,
                 timeout=timeout,
                 retries=retries,
+                service_key=service_key,
+                service_key_header=service_key_header,
             )
         )
     for index, entry in enumerate(extra):
@@ -392,6 +470,8 @@ def servers_from_settings(
                 password=str(entry.get("password", "")),
                 timeout=float(entry.get("timeout", timeout)),
                 retries=int(entry.get("retries", retries)),
+                service_key=str(entry.get("service_key", service_key)),
+                service_key_header=str(entry.get("service_key_header", service_key_header)),
             )
         )
     return servers

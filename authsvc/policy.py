@@ -84,6 +84,7 @@ from authsvc.orthanc_routes import RouteKind
 from authsvc.orthanc_routes import RouteTarget
 
 __all__ = [
+    "ORTHANC_SERVICE_PERMISSIONS",
     "ACCOUNT_RULES",
     "ALBUM_RULES",
     "GATE_RULES",
@@ -442,6 +443,13 @@ class GateRule:
     permission_alone: bool = False
     via_labels: bool = False
     via_all_studies: bool = False
+
+
+#: What authsvc's own credential (``orthanc_service_key``) may do at an Orthanc that runs the
+#: authorization plugin, on every label: read studies (album checks, lists, album DICOMweb),
+#: store uploads, and attach or remove album labels. Not "all": no delete, modify, settings or
+#: admin routes, so a leaked service key cannot destroy data or change who may do what.
+ORTHANC_SERVICE_PERMISSIONS = frozenset({"view", "upload", "edit-labels"})
 
 
 def _perms(*names: str) -> frozenset[str]:

@@ -61,17 +61,7 @@ class Services:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Build the registry from the settings and attach it to the app."""
-    orthanc = OrthancServers(
-        servers_from_settings(
-            settings.orthanc_url,
-            settings.orthanc_server_id,
-            settings.orthanc_username,
-            settings.orthanc_password,
-            settings.orthanc_servers,
-            timeout=settings.orthanc_timeout,
-            retries=settings.orthanc_retries,
-        )
-    )
+    orthanc = orthanc_servers(settings)
     verifier = build_verifier(settings)
     # A roles change made by another worker or instance reaches the profiles this worker
     # composes within two of these TTLs (roles, then profile), which stays within the plugin's
@@ -104,6 +94,23 @@ def init_app(app: Flask, settings: Settings) -> None:
         ),
     )
     app.extensions["authsvc"].study_labels.listen_to(orthanc)
+
+
+def orthanc_servers(settings: Settings) -> OrthancServers:
+    """Build the Orthanc server registry from the ``orthanc_*`` settings (no I/O)."""
+    return OrthancServers(
+        servers_from_settings(
+            settings.orthanc_url,
+            settings.orthanc_server_id,
+            settings.orthanc_username,
+            settings.orthanc_password,
+            settings.orthanc_servers,
+            timeout=settings.orthanc_timeout,
+            retries=settings.orthanc_retries,
+            service_key=settings.orthanc_service_key,
+            service_key_header=settings.orthanc_service_key_header,
+        )
+    )
 
 
 def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareTokenService:

@@ -46,6 +46,7 @@ from authsvc.plugin_protocol import parse_token_request
 from authsvc.plugin_protocol import parse_validate
 from authsvc.plugin_protocol import profile_reply
 from authsvc.plugin_protocol import validate_reply
+from authsvc.policy import ORTHANC_SERVICE_PERMISSIONS
 from authsvc.roles import Profile
 from authsvc.services import services
 from authsvc.views.errors import render_error
@@ -59,6 +60,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _NOTHING = Profile(permissions=frozenset(), authorized_labels=frozenset(), roles=frozenset())
+#: The profile of authsvc's own service key: every label, the few permissions it needs.
+_SERVICE = Profile(
+    permissions=ORTHANC_SERVICE_PERMISSIONS, authorized_labels=frozenset({"*"}), roles=frozenset()
+)
+#: The ``user-id`` of that profile (what the plugin's audit logs would name).
+SERVICE_USER_ID = "authsvc-service"
+
+
+def _without_bearer(token: str) -> str:
+    """Return the token without a ``Bearer`` prefix (the key may be sent as Authorization)."""
+    scheme, _, rest = token.partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" and rest else token
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -132,6 +145,18 @@ def get_profile() -> Response:
             )
         )
     authenticator = svc.authenticator
+    if req.token and svc.orthanc.is_service_key(_without_bearer(req.token), req.server_id):
+        # authsvc itself, calling this Orthanc to label, upload and look up studies.
+        svc.decisions.count("profile", "service")
+        return _reply(
+            profile_reply(
+                name="authsvc",
+                user_id=SERVICE_USER_ID,
+                profile=_SERVICE,
+                groups=[],
+                validity=validity,
+            )
+        )
     if req.token:
         try:
             identity = authenticator.authenticate(Credentials(bearer=req.token))

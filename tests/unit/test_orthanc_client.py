@@ -237,3 +237,42 @@ def test_store_instance_translates_refusals(client: OrthancClient) -> None:
             client.store_instance(b"x")
         assert caught.value.orthanc_status == 400
         assert caught.value.details == {"Message": "Bad file format"}
+
+
+PROBE = f"{URL}/studies/00000000-00000000-00000000-00000000-00000000/labels/authsvc-probe"
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"status_code": 404}, None),  # Orthanc looked for the study: writes are allowed
+        ({"status_code": 403}, "refuses authsvc's label writes (HTTP 403)"),
+        ({"status_code": 401}, "refuses authsvc's label writes (HTTP 401)"),
+        ({"status_code": 400}, "answered HTTP 400 to a label write"),
+    ],
+)
+def test_label_write_probe(
+    client: OrthancClient, answer: dict[str, int], problem: str | None
+) -> None:
+    from authsvc.orthanc import label_write_problems
+
+    with rm.Mocker() as mock:
+        mock.put(PROBE, **answer)
+        found = client.label_write_problem()
+        assert (found is None) if problem is None else (problem in (found or ""))
+        assert mock.call_count == 1  # never retried: a PUT that is refused stays refused
+        assert label_write_problems([client]) == ([] if problem is None else [found])
+    if found is not None:
+        assert (
+            "pw-insecure" not in found and "AUTHSVC_ORTHANC_SERVICE_KEY" in found or "400" in found
+        )
+
+
+def test_label_write_probe_of_an_unreachable_server_is_not_a_problem(client: OrthancClient) -> None:
+    from authsvc.orthanc import label_write_problems
+
+    with rm.Mocker() as mock:
+        mock.put(PROBE, exc=requests.ConnectionError)
+        with pytest.raises(OrthancUnavailable):
+            client.label_write_problem()
+        assert label_write_problems([client]) == []
