@@ -255,6 +255,35 @@ def _require_executable(path: Path | str | None, what: str) -> str:
 
 # ---------------------------------------------------------------------------- Orthanc
 
+AUTHZ_PLUGIN_ENV = "AUTHSVC_TEST_AUTHZ_PLUGIN"
+AUTHZ_PLUGIN_NAME = "libOrthancAuthorization.so"
+
+
+def authorization_plugin_path() -> Path:
+    """Return the real Orthanc Advanced Authorization plugin (a trixie / Orthanc 1.12.7 build).
+
+    Looked up like setup.sh does: ``$AUTHSVC_TEST_AUTHZ_PLUGIN``, else the build shared next to
+    the checkout (``../shared/orthanc-authorization``), else the copy setup.sh keeps under the
+    test environment home. A set but wrong variable is an error, not a reason to look further.
+    """
+    configured = os.environ.get(AUTHZ_PLUGIN_ENV)
+    if configured:
+        if not Path(configured).is_file():
+            raise ServiceError(f"{AUTHZ_PLUGIN_ENV}={configured} is not a file; {SETUP_HINT}")
+        return Path(configured)
+    candidates = [
+        REPO_ROOT.parent / "shared" / "orthanc-authorization" / AUTHZ_PLUGIN_NAME,
+        testenv_home() / "orthanc-authorization" / AUTHZ_PLUGIN_NAME,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(candidate) for candidate in candidates)
+    raise ServiceError(
+        f"Orthanc authorization plugin not found (set {AUTHZ_PLUGIN_ENV}; looked at {looked}); "
+        f"{SETUP_HINT}"
+    )
+
 
 class OrthancService(Service):
     """Orthanc with its generated configuration and storage directory."""
@@ -265,14 +294,22 @@ class OrthancService(Service):
 
 
 def start_orthanc(
-    state_dir: Path, port: int, extra_config: Mapping[str, Any] | None = None
+    state_dir: Path,
+    port: int,
+    extra_config: Mapping[str, Any] | None = None,
+    *,
+    authorization: Mapping[str, Any] | None = None,
 ) -> OrthancService:
     """Start the private Orthanc >= 1.12 on a fresh storage directory under state_dir.
 
     ``extra_config`` is merged into the generated configuration (nested dicts such as
     ``DicomWeb`` are merged key by key). Giving ``PythonScript`` also loads the Python plugin.
+    Giving ``authorization`` loads the real Advanced Authorization plugin
+    (:func:`authorization_plugin_path`) with that mapping, as is, as its ``Authorization``
+    section, e.g. ``{"WebServiceRootUrl": authsvc.url, "TokenHttpHeaders": ["api-key"]}``.
     """
     launcher = _require_executable(TESTENV_DIR / "orthanc.sh", "scripts/testenv/orthanc.sh")
+    authorization_plugin = authorization_plugin_path() if authorization is not None else None
     tree = testenv_home() / "orthanc" / "root"
     plugins = tree / "usr" / "share" / "orthanc" / "plugins"
     dicomweb = plugins / "libOrthancDicomWeb.so"
@@ -311,6 +348,9 @@ def start_orthanc(
         if not python_plugin.exists():
             raise ServiceError(f"Orthanc Python plugin missing at {python_plugin}; {SETUP_HINT}")
         config["Plugins"] = [*config["Plugins"], str(python_plugin)]
+    if authorization is not None:
+        config["Plugins"] = [*config["Plugins"], str(authorization_plugin)]
+        config["Authorization"] = copy.deepcopy(dict(authorization))
 
     config_path = state_dir / f"orthanc-{port}.json"
     config_path.write_text(json.dumps(config, indent=2))
