@@ -9,8 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import secrets
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -138,6 +143,237 @@ def test_orthanc_answers_through_nginx(
     proxied = requests.get(f"{nginx.url}/orthanc/system", timeout=10)
     assert proxied.status_code == 200
     assert proxied.json()["Version"] == direct["Version"]
+
+
+# ------------------------------------------------------------------------- Authorization plugin
+# The real Advanced Authorization plugin inside the private Orthanc, talking to a tiny recording
+# web service on 127.0.0.1 (not authsvc: these tests prove the plugin works, nothing more).
+
+AUTHZ_USER, AUTHZ_PASSWORD = "plugin-user", "plugin-password"
+# A well-formed Orthanc study ID that no study has.
+NO_SUCH_STUDY = "00000000-00000000-00000000-00000000-00000000"
+
+
+def _profile(permissions: list[str], labels: list[str] | None = None) -> dict[str, Any]:
+    """Return a user profile as the plugin expects it (validity: a JSON integer, never 0)."""
+    return {
+        "name": "x",
+        "user-id": "x",
+        "permissions": permissions,
+        "authorized-labels": ["*"] if labels is None else labels,
+        "groups": [],
+        "validity": 1,
+    }
+
+
+@dataclass
+class RecordedCall:
+    """One request the plugin sent to the fake web service."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """Return the body decoded as JSON."""
+        return json.loads(self.body)
+
+
+class FakeAuthWebService:
+    """A threading http.server on 127.0.0.1 that records calls and answers /user/get-profile.
+
+    ``profile`` is the JSON answered (with ``status``); ``raw`` replaces it with other bytes.
+    """
+
+    def __init__(self) -> None:
+        """Start serving on a free loopback port."""
+        self.calls: list[RecordedCall] = []
+        self.profile: Any = _profile(["view"])
+        self.status = 200
+        self.raw: bytes | None = None
+        self._server = ThreadingHTTPServer((services.LOOPBACK, 0), self._handler_class())
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{services.LOOPBACK}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """Build the request handler class bound to this service."""
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _read_body(self) -> bytes:
+                """Read the body, chunked (as the plugin sends it) or with a Content-Length."""
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()  # CRLF after each chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return body
+
+            def _answer(self) -> None:
+                owner.calls.append(
+                    RecordedCall(self.command, self.path, dict(self.headers), self._read_body())
+                )
+                if self.path != "/user/get-profile":
+                    status, payload = 404, b'{"detail": "not here"}'
+                elif owner.raw is not None:
+                    status, payload = owner.status, owner.raw
+                else:
+                    status, payload = owner.status, json.dumps(owner.profile).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Keep the test output quiet."""
+
+        return Handler
+
+    def calls_to(self, path: str) -> list[RecordedCall]:
+        """Return the recorded calls to one path."""
+        return [call for call in self.calls if call.path == path]
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def auth_web_service() -> Iterator[FakeAuthWebService]:
+    """A recording stand-in for the auth web service, for the duration of one test."""
+    service = FakeAuthWebService()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def authz_orthanc(
+    tmp_path: Path, auth_web_service: FakeAuthWebService
+) -> Iterator[services.OrthancService]:
+    """A private Orthanc with the real authorization plugin, configured as deployments do."""
+    authorization = {
+        "WebServiceRootUrl": f"{auth_web_service.url}/",
+        "WebServiceUsername": AUTHZ_USER,
+        "WebServicePassword": AUTHZ_PASSWORD,
+        "StandardConfigurations": ["orthanc-explorer-2", "stone-webviewer", "ohif"],
+        "CheckedLevel": "studies",
+        "TokenHttpHeaders": ["api-key"],
+    }
+    orthanc = services.start_orthanc(
+        tmp_path / "orthanc", services.free_port(), authorization=authorization
+    )
+    try:
+        yield orthanc
+    finally:
+        orthanc.stop()
+
+
+def test_orthanc_lists_the_authorization_plugin(
+    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+) -> None:
+    """The real plugin loads (all its trixie libraries resolve) and registers as "authorization"."""
+    assert str(services.authorization_plugin_path()) in authz_orthanc.config["Plugins"]
+    viewer = {"api-key": "plugins-viewer"}
+    # /plugins itself sits behind the plugin's filter (it needs "view").
+    plugins = requests.get(f"{authz_orthanc.url}/plugins", headers=viewer, timeout=10)
+    assert plugins.status_code == 200, authz_orthanc.log_tail()
+    assert "authorization" in plugins.json()
+    assert "dicom-web" in plugins.json()
+    about = requests.get(f"{authz_orthanc.url}/plugins/authorization", headers=viewer, timeout=10)
+    assert about.json()["ID"] == "authorization"
+
+
+def test_authorization_plugin_asks_the_web_service_for_the_profile(
+    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+) -> None:
+    """GET /studies with an api-key is decided by the profile the web service returns."""
+    allowed = requests.get(f"{authz_orthanc.url}/studies", headers={"api-key": "abc"}, timeout=15)
+    assert allowed.status_code == 200, authz_orthanc.log_tail()
+    assert allowed.json() == []
+
+    calls = [c for c in auth_web_service.calls_to("/user/get-profile") if c.json()["token-value"]]
+    assert len(calls) == 1, auth_web_service.calls
+    call = calls[0]
+    assert call.method == "POST"
+    credentials = base64.b64encode(f"{AUTHZ_USER}:{AUTHZ_PASSWORD}".encode()).decode()
+    assert call.headers["Authorization"] == f"Basic {credentials}"
+    assert call.json() == {"server-id": None, "token-key": "api-key", "token-value": "abc"}
+    assert call.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in call.headers
+
+    # Another token (the plugin caches profiles by token) whose profile lacks "view".
+    auth_web_service.profile = _profile(["download"])
+    denied = requests.get(f"{authz_orthanc.url}/studies", headers={"api-key": "def"}, timeout=15)
+    assert denied.status_code == 403
+    assert auth_web_service.calls_to("/user/get-profile")[-1].json()["token-value"] == "def"
+
+
+@pytest.mark.parametrize(
+    ("status", "raw"),
+    [(500, b'{"detail": "boom"}'), (200, b"not json"), (200, b'{"name": "x"}')],
+    ids=["http-500", "not-json", "missing-fields"],
+)
+def test_failed_profile_call_denies_and_is_asked_again(
+    authz_orthanc: services.OrthancService,
+    auth_web_service: FakeAuthWebService,
+    status: int,
+    raw: bytes,
+) -> None:
+    """A profile call that fails gives an empty profile (403), and nothing is cached."""
+    auth_web_service.status, auth_web_service.raw = status, raw
+    for _ in range(2):
+        response = requests.get(
+            f"{authz_orthanc.url}/studies", headers={"api-key": "broken"}, timeout=15
+        )
+        assert response.status_code == 403
+    assert len(auth_web_service.calls_to("/user/get-profile")) == 2
+
+
+def test_label_write_probe_tells_granted_from_refused(
+    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+) -> None:
+    """PUT a label on a study that does not exist: 404 past the plugin, 403 stopped by it.
+
+    This is the start-up probe "may this token write labels": it changes nothing either way.
+    """
+    probe = f"{authz_orthanc.url}/studies/{NO_SUCH_STUDY}/labels/probe"
+    auth_web_service.profile = _profile(["edit-labels"])
+    granted = requests.put(probe, headers={"api-key": "label-writer"}, timeout=15)
+    assert granted.status_code == 404, authz_orthanc.log_tail()
+    auth_web_service.profile = _profile([])
+    refused = requests.put(probe, headers={"api-key": "label-nobody"}, timeout=15)
+    assert refused.status_code == 403
+    # With edit-labels but not "*", the plugin's label check cannot clear an unknown study.
+    auth_web_service.profile = _profile(["edit-labels"], labels=["some-label"])
+    limited = requests.put(probe, headers={"api-key": "label-limited"}, timeout=15)
+    assert limited.status_code == 403
+
+
+def test_missing_authorization_plugin_is_an_error_not_a_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the plugin (variable, shared build, cached copy) the helper raises, naming setup."""
+    monkeypatch.setenv(services.AUTHZ_PLUGIN_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(services.ServiceError, match="AUTHSVC_TEST_AUTHZ_PLUGIN.*setup.sh"):
+        services.start_orthanc(tmp_path, services.free_port(), authorization={})
+    monkeypatch.delenv(services.AUTHZ_PLUGIN_ENV)
+    monkeypatch.setattr(services, "REPO_ROOT", tmp_path / "checkout" / "main")
+    monkeypatch.setenv("AUTHSVC_TESTENV", str(tmp_path / "empty"))
+    with pytest.raises(services.ServiceError, match="authorization plugin not found.*setup.sh"):
+        services.authorization_plugin_path()
 
 
 # ------------------------------------------------------------------------------ OIDC provider
