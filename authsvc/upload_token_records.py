@@ -373,6 +373,20 @@ def authorize(
     return row, album
 
 
+def album_named_by(ring: KeyRing | None, token: str, *, now: dt.datetime | None = None) -> str:
+    """Return the id of the album an authentic, unexpired upload token names.
+
+    For uploads that arrive without an album in their path (STOW-RS sent to Orthanc's own
+    DICOMweb root, which nginx hands to authsvc); :func:`authorize` then checks the rest.
+
+    :raise TokenInvalid: tampered, not an upload token, unknown key (401).
+    :raise TokenExpired: outside its lifetime (401).
+    """
+    if ring is None:
+        raise TokenInvalid("Upload tokens are not configured on this server.")
+    return open_upload_token(ring, token, now=now or utcnow()).album_id
+
+
 def release_use(token_id: str) -> None:
     """Give back a reserved use after an upload that stored nothing (commits)."""
     db.session.execute(

@@ -42,6 +42,7 @@ from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
 from authsvc.errors import OrthancUnavailable
 from authsvc.errors import TokenInvalid
+from authsvc.errors import Unauthenticated
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.orthanc import OrthancClient
@@ -165,15 +166,7 @@ def _uploader(album_id: str) -> _Uploader:
             else None
         )
     except AuthsvcError as exc:
-        db.session.rollback()
-        audit.record(
-            AuditAction.album_upload,
-            "upload-token",
-            f"album:{album_id}"[:200],
-            Outcome.denied,
-            {"reason": exc.code, "message": exc.message},
-        )
-        db.session.commit()
+        _audit_token_refusal(album_id, exc)
         raise
     if grant is not None:
         row, album = grant
@@ -197,6 +190,19 @@ def _uploader(album_id: str) -> _Uploader:
             raise NotFound("No such album.")
         raise Forbidden(f"Not allowed: {decision.reason}.")
     return _Uploader(album=album, audit_name=caller.name)
+
+
+def _audit_token_refusal(album_id: str, exc: AuthsvcError) -> None:
+    """Record a refused upload token (the request's transaction is rolled back first)."""
+    db.session.rollback()
+    audit.record(
+        AuditAction.album_upload,
+        "upload-token",
+        f"album:{album_id}"[:200],
+        Outcome.denied,
+        {"reason": exc.code, "message": exc.message},
+    )
+    db.session.commit()
 
 
 class _RequestStream:
@@ -343,6 +349,30 @@ def stow(album_id: str) -> Response:
     if notes:
         response.headers["Warning"] = _warning_header(notes)
     return response
+
+
+@bp.post("/dicom-web/studies")
+def stow_by_token() -> Response:
+    """STOW-RS into the album the upload token names, with no album in the path.
+
+    This is where nginx sends ``POST /orthanc/dicom-web/studies`` when it carries an upload
+    token (nginx/plugin.conf.template): tools pointed at Orthanc's own DICOMweb root store into
+    the token's album, labelled, with the same per-instance answer as the album route.
+
+    :raise 401: no upload token, or a bad, expired, revoked or used-up one.
+    """
+    try:
+        token = _presented_upload_token()
+        if token is None:
+            raise Unauthenticated(
+                "Send an upload token (Authorization: Bearer up1..., or the "
+                f"{services().settings.upload_token_header} header): it names the album."
+            )
+        album_id = records.album_named_by(services().upload_keys, token)
+    except AuthsvcError as exc:
+        _audit_token_refusal("(named by the token)", exc)
+        raise
+    return stow(album_id)
 
 
 @bp.post("/api/albums/<album_id>/uploads")

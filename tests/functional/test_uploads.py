@@ -827,3 +827,73 @@ def test_the_last_use_cannot_be_won_twice(world: World) -> None:
     for thread in threads:
         thread.join(30)
     assert sorted(outcomes) == ["ok", "used-up", "used-up", "used-up"]
+
+
+# --- STOW-RS with no album in the path: the token names it -----------------------------------
+
+
+@pytest.mark.parametrize("header", ["Authorization", "upload-token"])
+def test_stow_at_the_dicomweb_root_lands_in_the_tokens_album(world: World, header: str) -> None:
+    token = world.issue("carl")
+    value = f"Bearer {token['token']}" if header == "Authorization" else token["token"]
+    instances = make_study(n_series=1, n_instances=2)
+    response = world.client.post(
+        "/dicom-web/studies",
+        data=stow_body(instances),
+        headers={"Content-Type": STOW_TYPE, header: value},
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.mimetype == "application/dicom+json"
+    referenced = response.get_json()["00081199"]["Value"]
+    assert sorted(r["00081155"]["Value"][0] for r in referenced) == sorted(
+        sop_uid(i) for i in instances
+    )
+    study = orthanc_id(study_uid(instances[0]))
+    assert world.orthanc.labels_of(study) == {LABEL}
+    assert world.album_studies() == {study}
+    assert world.row(token["id"]).use_count == 1
+    (event,) = world.audit("album:upload")
+    assert event.actor == f"upload-token:{token['id']}" and event.outcome == "success"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "unauthenticated"),  # no token at all
+        ({"Authorization": "Bearer up1.garbage"}, "token-invalid"),
+        ({"upload-token": "not-a-token"}, "token-invalid"),
+    ],
+)
+def test_stow_at_the_root_without_a_good_token_is_401_and_orthanc_sees_nothing(
+    world: World, headers: dict[str, str], code: str
+) -> None:
+    response = world.client.post(
+        "/dicom-web/studies",
+        data=stow_body(make_study()),
+        headers={"Content-Type": STOW_TYPE, **headers},
+    )
+    assert response.status_code == 401, response.get_json()
+    assert response.get_json()["error"] == code
+    assert world.orthanc.posted_instances() == 0
+
+
+def test_stow_at_the_root_refuses_expired_revoked_and_user_credentials(world: World) -> None:
+    expired = _seal(world, now=utcnow() - dt.timedelta(hours=2))
+    revoked = world.issue("carl")
+    world.client.delete(
+        f"/api/albums/{world.album}/upload-tokens/{revoked['id']}", headers=world.auth("carl")
+    )
+    for headers, code in (
+        ({"Authorization": f"Bearer {expired}"}, "token-expired"),
+        ({"Authorization": f"Bearer {revoked['token']}"}, "token-revoked"),
+        # A contributor's own key names no album: this route is for upload tokens only.
+        (world.auth("carl"), "unauthenticated"),
+    ):
+        response = world.client.post(
+            "/dicom-web/studies",
+            data=stow_body(make_study()),
+            headers={"Content-Type": STOW_TYPE, **headers},
+        )
+        assert (response.status_code, response.get_json()["error"]) == (401, code)
+    assert world.orthanc.posted_instances() == 0
+    assert {e.outcome for e in world.audit("album:upload")} == {"denied"}
