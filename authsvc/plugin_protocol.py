@@ -321,6 +321,48 @@ def parse_create(url_type: str, body: Any) -> CreateRequest:
     )
 
 
+#: Orthanc's field names of ``PUT /auth/tokens/<type>`` -> the service-style ones (spec §3.4).
+_ORTHANC_RESOURCE_FIELDS = {
+    "DicomUid": "dicom-uid",
+    "OrthancId": "orthanc-id",
+    "Url": "url",
+    "Level": "level",
+}
+
+
+def parse_orthanc_create(url_type: str, body: Any, server_id: str | None) -> CreateRequest:
+    """Parse the Orthanc-flavoured body OE2 sends to ``PUT /auth/tokens/<type>``.
+
+    The same conversion the plugin applies before calling ``PUT /tokens/<type>`` (spec §3.4):
+    ``ID``, ``Resources[{DicomUid, OrthancId, Url, Level}]``, ``ExpirationDate`` and
+    ``ValidityDuration`` (0 or absent: no duration); ``Type`` is ignored (the URL decides).
+
+    :raise BadRequest: not a JSON object (400).
+    :raise ValidationFailed: ill-typed fields (422).
+    """
+    obj = _object(body)
+    resources = obj.get("Resources", [])
+    if not isinstance(resources, list):
+        raise _problem("Resources", "Resources must be a list")
+    converted: list[Any] = []
+    for item in resources:
+        if not isinstance(item, Mapping):
+            converted.append(item)  # parse_create names the bad index
+            continue
+        converted.append(
+            {new: item[old] for old, new in _ORTHANC_RESOURCE_FIELDS.items() if item.get(old)}
+        )
+    service_body: dict[str, Any] = {"resources": converted, "server-id": server_id}
+    if obj.get("ID"):
+        service_body["id"] = obj["ID"]
+    if obj.get("ExpirationDate"):
+        service_body["expiration-date"] = obj["ExpirationDate"]
+    duration = obj.get("ValidityDuration")
+    if duration not in (None, 0):
+        service_body["validity-duration"] = duration
+    return parse_create(url_type, service_body)
+
+
 def create_reply(token: str, url: str | None) -> dict[str, Any]:
     """Return a C4 answer."""
     return {"token": token, "url": url}

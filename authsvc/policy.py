@@ -84,6 +84,8 @@ from authsvc.orthanc_routes import RouteKind
 from authsvc.orthanc_routes import RouteTarget
 
 __all__ = [
+    "SHARE_CREATE_PERMISSIONS",
+    "decide_share_creation",
     "ORTHANC_SERVICE_PERMISSIONS",
     "ACCOUNT_RULES",
     "ALBUM_RULES",
@@ -683,3 +685,43 @@ def decide_token_access(
         elif orthanc_internal_method != "get":
             return Denied("read tokens only allow reading")
     return Allowed("read-only use of a read token")
+
+
+# --- share links made for a user (Orthanc's PUT /auth/tokens/<type>, routed to authsvc) -------
+
+#: The permission the authorization plugin's default table asks for to create each token type
+#: (``all`` always does too). A type not listed here is refused.
+SHARE_CREATE_PERMISSIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "viewer-instant-link": "view",
+        "meddream-instant-link": "view",
+        "download-instant-link": "download",
+        "stone-viewer-publication": "share",
+        "ohif-viewer-publication": "share",
+        "volview-viewer-publication": "share",
+        "osimis-viewer-publication": "share",
+        "meddream-viewer-publication": "share",
+    }
+)
+
+
+def decide_share_creation(
+    actor: Actor, token_type: str, *, permissions: frozenset[str], studies_visible: bool
+) -> Decision:
+    """Return whether ``actor`` may make a link of ``token_type`` to the resources named.
+
+    ``permissions`` are the actor's full Orthanc permissions (roles and albums, what the
+    plugin's profile holds). Beyond the plugin's own rule (the type's permission), a link may
+    only name studies the actor can see (``studies_visible``): the plugin checks no resource
+    on this route, so without it anyone with ``share`` could publish any study by its id.
+    """
+    if not actor.is_authenticated:
+        return Denied("authentication required")
+    needed = SHARE_CREATE_PERMISSIONS.get(token_type)
+    if needed is None:
+        return Denied("this token type cannot be created here")
+    if not actor.is_global_admin and permissions.isdisjoint({"all", needed}):
+        return Denied(f"the {needed} permission is needed for {token_type} links")
+    if not studies_visible:
+        return Denied("a link may only name studies the actor can see")
+    return Allowed("the actor may share what it sees")

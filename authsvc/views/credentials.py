@@ -17,6 +17,7 @@ keys, and edit the roles configuration. Other people's keys and tokens answer 40
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint
@@ -27,21 +28,30 @@ from flask import request
 from authsvc import api_key_records
 from authsvc.api_key_records import actor_tag
 from authsvc.api_key_records import key_json
+from authsvc.authn import Credentials
 from authsvc.errors import Conflict
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
+from authsvc.errors import OrthancError
 from authsvc.errors import PreconditionFailed
+from authsvc.errors import Unauthenticated
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.models import utcnow
+from authsvc.plugin_protocol import parse_orthanc_create
 from authsvc.policy import Action
 from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import Target
 from authsvc.policy import decide
+from authsvc.policy import decide_share_creation
+from authsvc.roles import Profile
 from authsvc.services import services
+from authsvc.share_tokens import ResourceLevel
+from authsvc.share_tokens import ResourceRef
 from authsvc.tokens import share_token_json
+from authsvc.views.auth import bearer_from_header
 from authsvc.views.auth import current_actor
 from authsvc.views.auth import require_identity
 from authsvc.views.requests import json_body
@@ -192,6 +202,94 @@ def list_share_tokens() -> Response:
         rows = tokens.list(created_by=actor_tag(identity))
     now = utcnow()
     return jsonify(items=[share_token_json(r, now=now) for r in rows])
+
+
+#: Orthanc id of a resource (four or more groups of hex digits), as in Orthanc's URLs.
+_ORTHANC_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}")
+_STUDY_OF = {
+    ResourceLevel.STUDY: "/studies/{}",
+    ResourceLevel.SERIES: "/series/{}/study",
+    ResourceLevel.INSTANCE: "/instances/{}/study",
+}
+
+
+def _user_sees(profile: Profile, resources: tuple[ResourceRef, ...]) -> bool:
+    """Tell whether every resource is a study (or part of one) the profile's labels cover.
+
+    Resources need their Orthanc id (OE2 always sends it); a patient spans studies and is
+    only shareable by users who see every study. An unknown resource is not visible.
+
+    :raise OrthancUnavailable: Orthanc cannot be reached (fail closed: 503).
+    """
+    if profile.all_labels:
+        return True
+    if not resources:
+        return False
+    client = services().orthanc.get(services().settings.orthanc_server_id or None)
+    if client is None:
+        return False
+    for resource in resources:
+        template = _STUDY_OF.get(resource.level)
+        orthanc_id = (resource.orthanc_id or "").lower()
+        if template is None or not _ORTHANC_ID.fullmatch(orthanc_id):
+            return False
+        try:
+            study = client.json("GET", template.format(orthanc_id))
+        except OrthancError:
+            return False  # 404 (or any refusal): nothing the user could see
+        labels = study.get("Labels") if isinstance(study, dict) else None
+        if not isinstance(labels, list) or profile.authorized_labels.isdisjoint(labels):
+            return False
+    return True
+
+
+def _oe2_identity() -> Identity:
+    """Return the caller of an Orthanc-route request: OE2 sends its JWT in ``token``.
+
+    :raise 401: no credentials, or invalid ones.
+    """
+    raw = (request.headers.get("token") or "").strip()
+    if not raw:
+        return require_identity()
+    credentials = Credentials(bearer=bearer_from_header(raw) or raw)
+    identity = services().authenticator.authenticate(credentials)
+    if identity.is_anonymous:
+        raise Unauthenticated("Authentication is required: send a bearer token or an API key.")
+    return identity
+
+
+@bp.put("/orthanc/auth/tokens/<token_type>")
+def create_share_token_for_user(token_type: str) -> Response:
+    """Orthanc's ``PUT /auth/tokens/<type>`` answered for the signed-in user.
+
+    nginx (plugin.conf.template) sends OE2's "Share" and instant-link requests here instead of
+    through the plugin, which would not tell authsvc who asked: the link is then recorded as
+    made by the user, who lists and revokes it. The body and the answer are Orthanc's
+    (``{"Token", "Url"}``). Allowed with the permission the plugin asks for that type, and
+    only for studies the user can see.
+
+    :raise 401: not signed in. :raise 403: not allowed. :raise 422: bad body or type.
+    """
+    identity = _oe2_identity()
+    svc = services()
+    req = parse_orthanc_create(token_type, json_body(), svc.settings.orthanc_server_id or None)
+    profile = svc.profile_cache.get(identity, lambda: svc.authenticator.profile(identity))
+    actor = svc.authenticator.actor(identity)
+    decision = decide_share_creation(
+        actor,
+        token_type,
+        permissions=profile.permissions,
+        studies_visible=_user_sees(profile, req.resources),
+    )
+    if not decision:
+        svc.decisions.count("create-for-user", "refused")
+        raise Forbidden(f"Not allowed: {decision.reason}.")
+    created = svc.share_tokens.create(req, created_by=actor_tag(identity), now=utcnow())
+    db.session.commit()
+    svc.decisions.count("create-for-user", "created")
+    response = jsonify({"Token": created.token, "Url": created.url or None})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _share_token_for(identity: Identity, token_id: str) -> Any:
