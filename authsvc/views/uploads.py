@@ -7,7 +7,7 @@
 * ``POST /api/albums/<id>/uploads`` — DICOM files, ZIP archives or form uploads; answers JSON.
 
 Uploads accept an upload token (``Authorization: Bearer up1.…``, the ``upload_token_header``,
-or HTTP Basic with the user ``token`` and the upload token as password) or the credentials of a
+the ``token`` header Orthanc's plugin reads, or HTTP Basic with the user ``token`` and the upload token as password) or the credentials of a
 user who is at least contributor in the album (Keycloak token, API key). The credential is
 checked, and a token use reserved, before the body is read, so a refused request never sends a
 byte to Orthanc.
@@ -120,6 +120,12 @@ def _presented_upload_token() -> str | None:
     value = (request.headers.get(header) or "").strip()
     if value:
         return bearer_from_header(value) or value
+    # The header Orthanc's plugin (OE2 preset) takes tokens from; tools aimed at Orthanc's
+    # DICOMweb send upload tokens there, and nginx hands those STOWs to authsvc.
+    orthanc_style = (request.headers.get("token") or "").strip()
+    orthanc_style = bearer_from_header(orthanc_style) or orthanc_style
+    if token_purpose(orthanc_style) is Purpose.UPLOAD:
+        return orthanc_style
     authorization = request.headers.get("Authorization")
     bearer = bearer_from_header(authorization) or _basic_token(authorization)
     if bearer is None:

@@ -832,7 +832,7 @@ def test_the_last_use_cannot_be_won_twice(world: World) -> None:
 # --- STOW-RS with no album in the path: the token names it -----------------------------------
 
 
-@pytest.mark.parametrize("header", ["Authorization", "upload-token"])
+@pytest.mark.parametrize("header", ["Authorization", "upload-token", "token"])
 def test_stow_at_the_dicomweb_root_lands_in_the_tokens_album(world: World, header: str) -> None:
     token = world.issue("carl")
     value = f"Bearer {token['token']}" if header == "Authorization" else token["token"]

@@ -30,6 +30,7 @@ from authsvc import albums
 from authsvc import create_app
 from authsvc.database import init_db
 from authsvc.extensions import db
+from authsvc.models import Album
 from authsvc.policy import Actor
 from authsvc.sealing import generate_key
 from tests import deploy_kit
@@ -387,6 +388,46 @@ def test_dicomweb_client_stores_into_the_album(env: Env) -> None:
     # A viewer may not store.
     with pytest.raises(requests.HTTPError):
         viewer.store_instances([pydicom.dcmread(io.BytesIO(make_study(n_instances=1)[0]))])
+
+
+def test_upload_token_stow_at_orthancs_dicomweb_root_lands_in_the_album(env: Env) -> None:
+    """A tool pointed at Orthanc's own DICOMweb (through nginx) with an upload token."""
+    issued = requests.post(
+        f"{env.base}/api/albums/{env.album_a}/upload-tokens",
+        json={"lifetime_seconds": 600},
+        headers=env.auth("alice"),
+        timeout=10,
+    )
+    assert issued.status_code == 201, issued.text
+    token = issued.json()["token"]
+    datasets = [pydicom.dcmread(io.BytesIO(b)) for b in make_study(n_series=1, n_instances=2)]
+    uid = datasets[0].StudyInstanceUID
+    for header in ({"Authorization": f"Bearer {token}"}, {"token": token}):
+        client = DICOMwebClient(url=f"{env.base}/dicom-web", headers=header)
+        answer = client.store_instances(datasets)
+        assert len(answer.ReferencedSOPSequence) == 2
+    found = requests.post(
+        f"{env.orthanc.url}/tools/find",
+        json={"Level": "Study", "Query": {"StudyInstanceUID": uid}},
+        timeout=10,
+    ).json()
+    assert len(found) == 1
+    labels = requests.get(f"{env.orthanc.url}/studies/{found[0]}/labels", timeout=10).json()
+    assert labels == [_album_label(env, env.album_a)]
+    # The album's viewer sees it; the upload token reads nothing.
+    viewer = DICOMwebClient(
+        url=f"{env.base}/dicom-web/albums/{env.album_a}", headers=env.auth("carol")
+    )
+    assert uid in {s["0020000D"]["Value"][0] for s in viewer.search_for_studies()}
+    refused = env.get(f"/studies/{found[0]}", headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code in (401, 403)
+
+
+def _album_label(env: Env, album_id: str) -> str:
+    with env.app.app_context():
+        album = db.session.get(Album, album_id)
+        assert album is not None
+        return str(album.label)
 
 
 def test_manager_removes_a_study_from_the_album(env: Env, tmp_path: Path) -> None:
