@@ -7,8 +7,9 @@
 * ``POST /api/albums/<id>/uploads`` — DICOM files, ZIP archives or form uploads; answers JSON.
 
 Uploads accept an upload token (``Authorization: Bearer up1.…``, the ``upload_token_header``,
-the ``token`` header Orthanc's plugin reads, or HTTP Basic with the user ``token`` and the upload token as password) or the credentials of a
-user who is at least contributor in the album (Keycloak token, API key). The credential is
+the ``token`` header Orthanc's plugin reads, or HTTP Basic with the user ``token`` and the
+upload token as password) or the credentials of a user who is at least contributor in the
+album (Keycloak token, API key). The credential is
 checked, and a token use reserved, before the body is read, so a refused request never sends a
 byte to Orthanc.
 """
