@@ -10,14 +10,17 @@ links made for the user). Caches are the plugin's: ``validity`` is 2 s here, "ha
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
+import pydicom
 import pytest
 
 from tests.dicom_factory import make_study
 from tests.integration import plugin_stack
 from tests.integration.plugin_stack import PluginStack
+from tests.integration.plugin_stack import Study
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +112,385 @@ def test_role_permissions_are_enforced(stack: PluginStack) -> None:
     assert stack.study_labels(trash.orthanc_id) == ["cardio"]
     assert stack.orthanc_call("DELETE", path, stack.admin()).status_code == 200
     assert stack.orthanc_call("GET", path, stack.admin()).status_code == 404
+
+
+# ------------------------------------------------------------------ 3. share links
+
+PUBLICATIONS = [
+    "stone-viewer-publication",
+    "ohif-viewer-publication",
+    "osimis-viewer-publication",
+    "volview-viewer-publication",
+]
+INSTANT_LINKS = ["viewer-instant-link", "download-instant-link"]
+SHARE_TYPES = PUBLICATIONS + INSTANT_LINKS
+
+
+def _share_body(study: Study, validity: int = 3600) -> dict[str, Any]:
+    return {
+        "Resources": [{"DicomUid": study.uid, "OrthancId": study.orthanc_id, "Level": "study"}],
+        "ValidityDuration": validity,
+    }
+
+
+def _share_through_orthanc(
+    stack: PluginStack, token_type: str, study: Study, validity: int = 3600
+) -> dict[str, Any]:
+    """Make a link with the plugin's own route on Orthanc's port, as alice (doctor)."""
+    made = stack.orthanc_call(
+        "PUT",
+        f"/auth/tokens/{token_type}",
+        {"token": stack.jwt("alice")},
+        json=_share_body(study, validity),
+    )
+    assert made.status_code == 200, (token_type, made.status_code, made.text)
+    answer: dict[str, Any] = made.json()
+    assert answer["Token"].startswith("sh1."), answer
+    return answer
+
+
+def _decode(stack: PluginStack, token: str) -> dict[str, Any]:
+    decoded = stack.orthanc_call(
+        "POST", "/auth/tokens/decode", json={"TokenKey": "token", "TokenValue": token}
+    )
+    assert decoded.status_code == 200, decoded.text
+    answer: dict[str, Any] = decoded.json()
+    return answer
+
+
+def _carriers(token: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """The three ways a viewer sends a share token: (query string, headers) per style."""
+    return {
+        "get-argument": (f"?token={token}", {}),
+        "token-header": ("", {"token": token}),
+        "bearer": ("", _bearer(token)),
+    }
+
+
+@pytest.mark.parametrize("token_type", SHARE_TYPES)
+def test_share_link_opens_its_study_only_and_only_for_reading(
+    stack: PluginStack, token_type: str
+) -> None:
+    cardio, neuro = stack.studies["cardio"], stack.studies["neuro"]
+    link = _share_through_orthanc(stack, token_type, cardio)
+    token = link["Token"]
+    if token_type in PUBLICATIONS:
+        assert link["Url"].startswith(stack.nginx_url), link
+        assert token in link["Url"] or token.replace(".", "%2E") in link["Url"]
+    else:
+        assert link["Url"] is None
+    for style, (query, headers) in _carriers(token).items():
+        own = stack.orthanc_call("GET", f"/studies/{cardio.orthanc_id}{query}", headers)
+        assert own.status_code == 200, (style, own.text)
+        other = stack.orthanc_call("GET", f"/studies/{neuro.orthanc_id}{query}", headers)
+        assert other.status_code == 403, style
+        # Read-only: no delete, no label write, on its own study.
+        delete = stack.orthanc_call("DELETE", f"/studies/{cardio.orthanc_id}{query}", headers)
+        assert delete.status_code == 403, style
+        label = stack.orthanc_call(
+            "PUT", f"/studies/{cardio.orthanc_id}/labels/neuro{query}", headers, data=b""
+        )
+        assert label.status_code == 403, style
+    assert stack.study_labels(cardio.orthanc_id) == ["cardio"]
+
+    decoded = _decode(stack, token)
+    assert "ErrorCode" not in decoded, decoded
+    assert decoded["TokenType"] == token_type
+    assert decoded["ResourcesDicomIds"] == [cardio.uid]
+    assert decoded["ResourcesOrthancIds"] == [cardio.orthanc_id]
+    if token_type in PUBLICATIONS:
+        assert decoded["RedirectUrl"].startswith(stack.nginx_url), decoded
+    else:
+        assert "RedirectUrl" not in decoded, decoded
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "sh1.AAAA.BBBB", "", "Bearer "])
+def test_decode_of_garbage_is_an_error_code(stack: PluginStack, garbage: str) -> None:
+    decoded = _decode(stack, garbage)
+    assert decoded.get("ErrorCode") == "invalid", decoded
+    assert decoded["ResourcesDicomIds"] == [] and decoded["ResourcesOrthancIds"] == []
+    assert "RedirectUrl" not in decoded
+
+
+def test_expired_share_link_decodes_as_expired_and_opens_nothing(stack: PluginStack) -> None:
+    cardio = stack.studies["cardio"]
+    token = _share_through_orthanc(stack, "stone-viewer-publication", cardio, validity=1)["Token"]
+    plugin_stack.until(
+        lambda: _decode(stack, token).get("ErrorCode") == "expired",
+        1 + plugin_stack.SLACK,
+        "share link expired",
+    )
+    decoded = _decode(stack, token)
+    assert decoded["ResourcesDicomIds"] == [] and "RedirectUrl" not in decoded
+    plugin_stack.until(
+        lambda: (
+            stack.orthanc_call("GET", f"/studies/{cardio.orthanc_id}", {"token": token}).status_code
+            == 403
+        ),
+        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        "expired link refused",
+    )
+
+
+def test_share_link_needs_the_share_permission(stack: PluginStack) -> None:
+    """carol (no roles) may not make a publication; alice (no modify) may, bob may."""
+    cardio = stack.studies["cardio"]
+    refused = stack.orthanc_call(
+        "PUT",
+        "/auth/tokens/stone-viewer-publication",
+        {"token": stack.jwt("carol")},
+        json=_share_body(cardio),
+    )
+    assert refused.status_code == 403
+    for user in ("alice", "bob"):
+        made = stack.orthanc_call(
+            "PUT",
+            "/auth/tokens/stone-viewer-publication",
+            {"token": stack.jwt(user)},
+            json=_share_body(cardio),
+        )
+        assert made.status_code == 200, (user, made.text)
+
+
+# ------------------------------------------------------------------ 4. OHIF prior studies
+
+
+def test_ohif_prior_study_search_returns_only_the_shared_study(stack: PluginStack) -> None:
+    cardio, neuro = stack.studies["cardio"], stack.studies["neuro"]
+    assert cardio.patient_id == neuro.patient_id
+    token = _share_through_orthanc(stack, "ohif-viewer-publication", cardio)["Token"]
+    query = f"/dicom-web/studies?PatientID={cardio.patient_id}"
+    accept = {"Accept": "application/dicom+json"}
+    shared = stack.orthanc_call("GET", query, {**_bearer(token), **accept})
+    assert shared.status_code == 200, shared.text
+    assert [s["0020000D"]["Value"][0] for s in shared.json()] == [cardio.uid]
+    # The same search as the admin finds both studies of the patient.
+    everything = stack.orthanc_call("GET", query, {**stack.admin(), **accept})
+    assert {s["0020000D"]["Value"][0] for s in everything.json()} == {cardio.uid, neuro.uid}
+
+
+# ------------------------------------------------------------------ 5. API keys
+
+
+def test_api_key_acts_as_its_owner_until_revoked(stack: PluginStack) -> None:
+    alice = stack.jwt("alice")
+    made = stack.api("POST", "/api/api-keys", alice, json={"name": "real plugin"})
+    assert made.status_code == 201, made.text
+    key, key_id = made.json()["key"], made.json()["id"]
+    cardio, neuro = stack.studies["cardio"], stack.studies["neuro"]
+    headers = {"api-key": key}
+    assert stack.orthanc_call("GET", f"/studies/{cardio.orthanc_id}", headers).status_code == 200
+    assert stack.orthanc_call("GET", f"/studies/{neuro.orthanc_id}", headers).status_code == 403
+    found = _find_studies(stack, headers)
+    assert found.status_code == 200 and neuro.orthanc_id not in found.json()
+
+    revoked = stack.api("DELETE", f"/api/api-keys/{key_id}", alice)
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    plugin_stack.until(
+        lambda: (
+            stack.orthanc_call("GET", f"/studies/{cardio.orthanc_id}", headers).status_code == 403
+        ),
+        plugin_stack.VALIDITY
+        + plugin_stack.API_KEY_CACHE
+        + plugin_stack.PERMISSION_CACHE
+        + plugin_stack.SLACK,
+        "revoked API key refused",
+    )
+    assert _find_studies(stack, headers).status_code == 403
+
+
+# ------------------------------------------------------------------ 6. album members
+
+#: A membership change reaches the plugin within its validity, after authsvc's own caches
+#: (roles/profile: min(5 s, validity/2) twice over) and the plugin's 10 s permission cache.
+MEMBERSHIP_BOUND = plugin_stack.VALIDITY + 5 + plugin_stack.PERMISSION_CACHE + plugin_stack.SLACK
+
+
+def _new_album(stack: PluginStack, bob: str, name: str) -> dict[str, Any]:
+    made = stack.api("POST", "/api/albums", bob, json={"name": name})
+    assert made.status_code == 201, made.text
+    album: dict[str, Any] = made.json()
+    return album
+
+
+def test_album_viewer_reads_its_study_through_orthanc_until_removed(stack: PluginStack) -> None:
+    bob = stack.jwt("bob")
+    study = stack.store(None, description="album study")
+    album = _new_album(stack, bob, "Real plugin album")
+    added = stack.api(
+        "POST", f"/api/albums/{album['id']}/studies", bob, json={"studies": [study.orthanc_id]}
+    )
+    assert added.status_code in (200, 201), added.text
+    # authsvc wrote the label itself, through the plugin, with its service key.
+    assert album["orthanc_label"] in stack.study_labels(study.orthanc_id)
+
+    carol_token = stack.jwt("carol")
+    invited = stack.api(
+        "POST",
+        f"/api/albums/{album['id']}/members",
+        bob,
+        json={"kind": "user", "principal": stack.subject(carol_token), "role": "viewer"},
+    )
+    assert invited.status_code == 201, invited.text
+    carol = {"token": carol_token}
+    path = f"/studies/{study.orthanc_id}"
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, carol).status_code == 200,
+        MEMBERSHIP_BOUND,
+        "album viewer reads",
+    )
+    # Only the album's study: nothing else appears.
+    for other in stack.studies.values():
+        answer = stack.orthanc_call("GET", f"/studies/{other.orthanc_id}", carol)
+        assert answer.status_code == 403
+    assert _find_studies(stack, carol).json() == [study.orthanc_id]
+    # Reading only: the album's viewer cannot delete or relabel.
+    assert stack.orthanc_call("DELETE", path, carol).status_code == 403
+
+    removed = stack.api("DELETE", f"/api/albums/{album['id']}/members/{invited.json()['id']}", bob)
+    assert removed.status_code == 204, removed.text
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, carol).status_code == 403,
+        MEMBERSHIP_BOUND,
+        "removed member refused",
+    )
+
+
+# ------------------------------------------------------------------ 7. upload tokens
+
+
+def _upload_token(stack: PluginStack, bob: str, album: dict[str, Any]) -> str:
+    made = stack.api("POST", f"/api/albums/{album['id']}/upload-tokens", bob, json={})
+    assert made.status_code == 201, made.text
+    token = str(made.json()["token"])
+    assert token.startswith("up1.")
+    return token
+
+
+@pytest.mark.parametrize("carrier", ["bearer", "token-header"])
+def test_upload_token_stow_through_nginx_lands_in_the_album(
+    stack: PluginStack, carrier: str
+) -> None:
+    bob = stack.jwt("bob")
+    album = _new_album(stack, bob, f"Uploads {carrier}")
+    token = _upload_token(stack, bob, album)
+    instances = make_study(n_series=1, n_instances=2, study_description="uploaded")
+    uid = pydicom.dcmread(io.BytesIO(instances[0])).StudyInstanceUID
+    credential = _bearer(token) if carrier == "bearer" else {"token": token}
+    stored = stack.nginx_call(
+        "POST",
+        "/orthanc/dicom-web/studies",
+        {**credential, "Content-Type": plugin_stack.STOW_TYPE, "Accept": "application/dicom+json"},
+        data=plugin_stack.stow_body(instances),
+    )
+    assert stored.status_code == 200, stored.text
+    assert stored.headers["Content-Type"].startswith("application/dicom+json")
+    referenced = stored.json()["00081199"]["Value"]
+    assert len(referenced) == 2
+    assert "00081198" not in stored.json()  # no FailedSOPSequence
+
+    ids = stack.find_uid(uid)
+    assert len(ids) == 1, ids
+    assert album["orthanc_label"] in stack.study_labels(ids[0])
+    # The token uploads, it never reads: not through nginx, not on Orthanc's port.
+    assert stack.nginx_call("GET", "/orthanc/studies", credential).status_code == 403
+    assert stack.nginx_call("GET", f"/orthanc/studies/{ids[0]}", credential).status_code == 403
+    assert stack.orthanc_call("GET", f"/studies/{ids[0]}", credential).status_code == 403
+
+
+def test_upload_token_straight_to_orthanc_is_refused_and_stores_nothing(
+    stack: PluginStack,
+) -> None:
+    bob = stack.jwt("bob")
+    album = _new_album(stack, bob, "Uploads bypassing nginx")
+    token = _upload_token(stack, bob, album)
+    instances = make_study(n_series=1, n_instances=1, study_description="must not be stored")
+    uid = pydicom.dcmread(io.BytesIO(instances[0])).StudyInstanceUID
+    for credential in (_bearer(token), {"token": token}, {"api-key": token}):
+        refused = stack.orthanc_call(
+            "POST",
+            "/dicom-web/studies",
+            {**credential, "Content-Type": plugin_stack.STOW_TYPE},
+            data=plugin_stack.stow_body(instances),
+        )
+        assert refused.status_code == 403, refused.text
+        refused = stack.orthanc_call("POST", "/instances", credential, data=instances[0])
+        assert refused.status_code == 403, refused.text
+    assert stack.find_uid(uid) == []
+
+
+# ------------------------------------------------------------------ 8. revoked share links
+
+
+def _share_ids(stack: PluginStack, token: str, everyone: bool = False) -> dict[str, Any]:
+    listed = stack.api("GET", "/api/share-tokens" + ("?all=true" if everyone else ""), token)
+    assert listed.status_code == 200, listed.text
+    return {item["id"]: item for item in listed.json()["items"]}
+
+
+def test_share_link_revoked_by_the_admin_is_refused(stack: PluginStack) -> None:
+    bob = stack.jwt("bob")
+    xray = stack.studies["xray"]
+    before = _share_ids(stack, bob, everyone=True)
+    link = _share_through_orthanc(stack, "stone-viewer-publication", xray)["Token"]
+    new = {k: v for k, v in _share_ids(stack, bob, everyone=True).items() if k not in before}
+    assert len(new) == 1, new
+    ((token_id, row),) = new.items()
+    assert row["created_by"] == "plugin" and row["status"] == "active"
+    path = f"/studies/{xray.orthanc_id}"
+    assert stack.orthanc_call("GET", path, {"token": link}).status_code == 200
+
+    revoked = stack.api("DELETE", f"/api/share-tokens/{token_id}", bob)
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, {"token": link}).status_code == 403,
+        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        "revoked share link refused",
+    )
+    assert stack.orthanc_call("GET", f"{path}?token={link}").status_code == 403
+    assert _decode(stack, link).get("ErrorCode") == "invalid"
+
+
+# ------------------------------------------------------------------ 9. share links via nginx
+
+
+def test_share_link_made_through_nginx_belongs_to_its_maker(stack: PluginStack) -> None:
+    alice = stack.jwt("alice")
+    cardio, neuro = stack.studies["cardio"], stack.studies["neuro"]
+    before = _share_ids(stack, alice)
+    made = stack.nginx_call(
+        "PUT",
+        "/orthanc/auth/tokens/stone-viewer-publication",
+        {"token": alice},
+        json=_share_body(cardio),
+    )
+    assert made.status_code == 200, made.text
+    link = made.json()["Token"]
+    assert made.json()["Url"].startswith(f"{stack.nginx_url}/orthanc/stone-webviewer/")
+    mine = {k: v for k, v in _share_ids(stack, alice).items() if k not in before}
+    assert len(mine) == 1, mine
+    ((token_id, row),) = mine.items()
+    assert row["created_by"] == f"user:{stack.subject(alice)}"
+    assert row["type"] == "stone-viewer-publication"
+    # Links made through the plugin's own route are not hers (they belong to "plugin").
+    assert all(item["created_by"] != "plugin" for item in _share_ids(stack, alice).values())
+
+    path = f"/studies/{cardio.orthanc_id}"
+    for door in (stack.orthanc_call, lambda m, p, h: stack.nginx_call(m, f"/orthanc{p}", h)):
+        assert door("GET", path, {"token": link}).status_code == 200
+    # Only studies she can see: no link for a study outside her labels.
+    refused = stack.nginx_call(
+        "PUT",
+        "/orthanc/auth/tokens/stone-viewer-publication",
+        {"token": alice},
+        json=_share_body(neuro),
+    )
+    assert refused.status_code == 403, refused.text
+
+    revoked = stack.api("DELETE", f"/api/share-tokens/{token_id}", alice)
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, {"token": link}).status_code == 403,
+        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        "link revoked by its maker refused",
+    )
