@@ -10,13 +10,19 @@ links made for the user). Caches are the plugin's: ``validity`` is 2 s here, "ha
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pydicom
 import pytest
+import requests
 
+from tests import services
 from tests.dicom_factory import make_study
 from tests.integration import plugin_stack
 from tests.integration.plugin_stack import PluginStack
@@ -422,6 +428,11 @@ def test_upload_token_straight_to_orthanc_is_refused_and_stores_nothing(
 # ------------------------------------------------------------------ 8. revoked share links
 
 
+#: A revoked share link is refused once the plugin's validation cache (validity) is over AND
+#: every authsvc worker's revocation cache (authsvc/tokens.py, ``revocation_ttl`` 5 s) is.
+SHARE_REVOCATION_BOUND = plugin_stack.VALIDITY + 5 + plugin_stack.SLACK
+
+
 def _share_ids(stack: PluginStack, token: str, everyone: bool = False) -> dict[str, Any]:
     listed = stack.api("GET", "/api/share-tokens" + ("?all=true" if everyone else ""), token)
     assert listed.status_code == 200, listed.text
@@ -444,7 +455,7 @@ def test_share_link_revoked_by_the_admin_is_refused(stack: PluginStack) -> None:
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
     plugin_stack.until(
         lambda: stack.orthanc_call("GET", path, {"token": link}).status_code == 403,
-        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        SHARE_REVOCATION_BOUND,
         "revoked share link refused",
     )
     assert stack.orthanc_call("GET", f"{path}?token={link}").status_code == 403
@@ -491,6 +502,206 @@ def test_share_link_made_through_nginx_belongs_to_its_maker(stack: PluginStack) 
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
     plugin_stack.until(
         lambda: stack.orthanc_call("GET", path, {"token": link}).status_code == 403,
-        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        SHARE_REVOCATION_BOUND,
         "link revoked by its maker refused",
     )
+
+
+# ------------------------------------------------------------------ 10. roles read-after-write
+
+ROUNDS = 12
+
+
+def _roles_rounds(stack: PluginStack, orthanc_call: Any) -> None:
+    """PUT then GET the roles through Orthanc's /auth/settings/roles, ROUNDS times."""
+    bob = {"token": stack.jwt("bob")}
+    first = orthanc_call("GET", "/auth/settings/roles", bob)
+    assert first.status_code == 200, first.text
+    original = first.json()
+    assert "doctor" in original["roles"], original
+    try:
+        for i in range(ROUNDS):
+            wanted = json.loads(json.dumps(original))
+            wanted["roles"]["rw-probe"] = {
+                "permissions": ["view"],
+                "authorized-labels": [f"round-{i}"],
+            }
+            put = orthanc_call("PUT", "/auth/settings/roles", bob, json=wanted)
+            assert put.status_code == 200, (i, put.status_code, put.text)
+            # Two reads per write: with a round-robin upstream, writes and reads then land on
+            # every instance in turn instead of always the same pairing.
+            for _ in range(2):
+                got = orthanc_call("GET", "/auth/settings/roles", bob)
+                assert got.status_code == 200, (i, got.text)
+                assert got.json() == wanted, i
+    finally:
+        restored = orthanc_call("PUT", "/auth/settings/roles", bob, json=original)
+        assert restored.status_code == 200, restored.text
+    assert orthanc_call("GET", "/auth/settings/roles", bob).json() == original
+
+
+def test_roles_read_after_write_through_orthanc_with_two_workers(stack: PluginStack) -> None:
+    assert stack.authsvc_env["AUTHSVC_WORKERS"] == "2"
+    _roles_rounds(stack, stack.orthanc_call)
+    # Not for users without admin-permissions.
+    assert (
+        stack.orthanc_call("GET", "/auth/settings/roles", {"token": stack.jwt("alice")}).status_code
+        == 403
+    )
+
+
+def _roles_calls(service: Any) -> tuple[int, int]:
+    """Return how many (PUT, GET) /settings/roles an authsvc instance logged."""
+    log = service.log_path.read_text(errors="replace")
+    return log.count('"PUT /settings/roles"'), log.count('"GET /settings/roles"')
+
+
+def test_roles_read_after_write_through_two_instances_round_robin(stack: PluginStack) -> None:
+    """A second authsvc on the same PostgreSQL; an Orthanc whose plugin asks both in turn."""
+    state = stack.state / "round-robin"
+    second = plugin_stack.start_authsvc(state, services.free_port(), stack.authsvc_env)
+    balancer = orthanc = None
+    try:
+        balancer = plugin_stack.start_round_robin(
+            state / "nginx", services.free_port(), [stack.authsvc.port, second.port]
+        )
+        orthanc = plugin_stack.start_plugin_orthanc(
+            state / "orthanc", services.free_port(), f"{balancer.url}/"
+        )
+        before = (_roles_calls(stack.authsvc), _roles_calls(second))
+
+        def call(method: str, path: str, headers: dict[str, str], **kwargs: Any) -> Any:
+            return requests.request(
+                method, f"{orthanc.url}{path}", headers=headers, timeout=30, **kwargs
+            )
+
+        _roles_rounds(stack, call)
+        after = (_roles_calls(stack.authsvc), _roles_calls(second))
+        # Both instances took writes and reads: reads really followed writes made elsewhere.
+        for instance in range(2):
+            for method in range(2):
+                assert after[instance][method] > before[instance][method], (before, after)
+    finally:
+        for service in (orthanc, balancer, second):
+            if service is not None:
+                service.stop()
+
+
+# ------------------------------------------------------------------ 11. bad tokens, authsvc down
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forgeries(token: str) -> dict[str, str]:
+    """Ways to forge an admin's token: each must be worth nothing."""
+    header, payload, signature = token.split(".")
+    middle = len(signature) // 2
+    flipped = "A" if signature[middle] != "A" else "B"
+    bad_signature = signature[:middle] + flipped + signature[middle + 1 :]
+    claims = plugin_stack.jwt_claims(token)
+    none_header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    tampered = _b64(json.dumps({**claims, "sub": "someone-else"}).encode())
+    return {
+        "flipped-signature": f"{header}.{payload}.{bad_signature}",
+        "alg-none": f"{none_header}.{payload}.",
+        "alg-none-no-dot": f"{none_header}.{payload}",
+        "tampered-payload": f"{header}.{tampered}.{signature}",
+        "no-signature": f"{header}.{payload}.",
+        "garbage": "garbage",
+        "empty": "",
+    }
+
+
+def _refused_everywhere(stack: PluginStack, token: str, what: str) -> None:
+    cardio = stack.studies["cardio"]
+    for style, headers in {
+        "token-header": {"token": token},
+        "bearer": {"Authorization": f"Bearer {token}"},
+        "api-key": {"api-key": token},
+    }.items():
+        for method, path in (("GET", f"/studies/{cardio.orthanc_id}"), ("GET", "/studies")):
+            answer = stack.orthanc_call(method, path, headers)
+            assert answer.status_code == 403, (what, style, path, answer.status_code)
+        assert _find_studies(stack, headers).status_code == 403, (what, style)
+    answer = stack.orthanc_call("GET", f"/studies/{cardio.orthanc_id}?token={token}")
+    assert answer.status_code == 403, (what, "get-argument")
+
+
+def test_forged_garbage_and_empty_tokens_are_refused(stack: PluginStack) -> None:
+    bob = stack.jwt("bob")
+    assert stack.orthanc_call("GET", "/studies", {"token": bob}).status_code == 200
+    for what, forged in _forgeries(bob).items():
+        _refused_everywhere(stack, forged, what)
+
+
+def test_expired_token_is_refused(stack: PluginStack) -> None:
+    with plugin_stack.idp_token_lifetime(stack.idp, 1):
+        token = stack.jwt("bob")
+    expires = float(plugin_stack.jwt_claims(token)["exp"])
+    plugin_stack.until(lambda: time.time() > expires + 1, 5 + plugin_stack.SLACK, "token expiry")
+    # authsvc's own API says why: expired (leeway 0 in this stack).
+    assert stack.api("GET", "/api/albums", token).status_code == 401
+    _refused_everywhere(stack, token, "expired")
+
+
+def _restart_behind_orthanc(stack: PluginStack) -> None:
+    """Start authsvc while the plugin's Orthanc is down, then Orthanc (see plugin_stack)."""
+    stack.orthanc.stop()
+    stack.authsvc.start()
+    stack.orthanc.start()
+
+
+def _readable(stack: PluginStack, path: str, headers: dict[str, str]) -> bool:
+    return bool(stack.orthanc_call("GET", path, headers).status_code == 200)
+
+
+def test_authsvc_down_is_refused_and_access_comes_back(stack: PluginStack) -> None:
+    path = f"/studies/{stack.studies['cardio'].orthanc_id}"
+    warm = {"token": stack.jwt("alice")}
+    assert _readable(stack, path, warm)
+    stack.authsvc.stop()
+    try:
+        cold = {"token": stack.jwt("alice")}  # never seen by the plugin
+        assert stack.orthanc_call("GET", path, cold).status_code == 403
+        assert stack.orthanc_call("GET", "/studies", stack.admin()).status_code == 403
+        # A profile the plugin cached before expires with its validity.
+        plugin_stack.until(
+            lambda: stack.orthanc_call("GET", path, warm).status_code == 403,
+            plugin_stack.VALIDITY + plugin_stack.PERMISSION_CACHE + plugin_stack.SLACK,
+            "cached profile refused once authsvc is down",
+        )
+    finally:
+        _restart_behind_orthanc(stack)
+    plugin_stack.until(
+        lambda: _readable(stack, path, {"token": stack.jwt("alice")}),
+        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        "access back after the restart",
+    )
+    assert _readable(stack, path, warm)
+
+
+# ------------------------------------------------------------------ 12. start-up check
+
+
+def test_startup_without_the_service_key_exits_3_naming_it(stack: PluginStack) -> None:
+    env = {
+        **stack.authsvc_env,
+        "AUTHSVC_DATA_DIR": str(stack.state / "no-key-data"),
+        "AUTHSVC_BIND": f"127.0.0.1:{services.free_port()}",
+    }
+    del env["AUTHSVC_ORTHANC_SERVICE_KEY"]
+    result = subprocess.run(
+        plugin_stack.gunicorn_argv(),
+        env=plugin_stack.child_environment(env),
+        cwd=services.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
+    assert "AUTHSVC_ORTHANC_SERVICE_KEY" in result.stderr, result.stderr[-2000:]
+    assert "HTTP 403" in result.stderr or "HTTP 401" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
