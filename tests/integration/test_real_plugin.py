@@ -682,6 +682,28 @@ def test_authsvc_down_is_refused_and_access_comes_back(stack: PluginStack) -> No
     assert _readable(stack, path, warm)
 
 
+def test_authsvc_restarts_while_the_plugin_orthanc_runs(stack: PluginStack) -> None:
+    """A crash or a deploy restarts authsvc with its Orthanc up: it must come back.
+
+    authsvc's start-up label-write probe goes through this Orthanc, whose plugin asks this
+    very authsvc for the service key's profile, before gunicorn listens.
+    """
+    path = f"/studies/{stack.studies['cardio'].orthanc_id}"
+    stack.authsvc.stop()
+    problem = ""
+    try:
+        stack.authsvc.start()
+    except services.ServiceError as exc:
+        problem = str(exc)
+        _restart_behind_orthanc(stack)  # the other tests need the stack back
+    assert not problem, f"authsvc did not restart next to the running plugin Orthanc: {problem}"
+    plugin_stack.until(
+        lambda: _readable(stack, path, {"token": stack.jwt("alice")}),
+        plugin_stack.VALIDITY + plugin_stack.SLACK,
+        "access back after the restart",
+    )
+
+
 # ------------------------------------------------------------------ 12. start-up check
 
 
