@@ -43,27 +43,21 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Refuse to start when an Orthanc answers but will not let authsvc write labels.
-
-    Albums are Orthanc labels that authsvc writes with its own credentials; an Orthanc whose
-    authorization plugin refuses them would make every album look empty and every upload end
-    as "pending". That is a configuration error, said once here instead of per request.
-    """
-    from authsvc.errors import ConfigError as BadServers
-    from authsvc.orthanc import OrthancServers
-    from authsvc.orthanc import label_write_problems
+    """Refuse a bad Orthanc server list before any worker starts (one line, exit status 2)."""
     from authsvc.services import orthanc_servers
 
     try:
-        servers: OrthancServers = orthanc_servers(_settings)
-    except BadServers as exc:
+        orthanc_servers(_settings)
+    except ConfigError as exc:
         sys.stderr.write(f"authsvc: configuration error: {exc}\n")
         sys.exit(2)
-    problems = label_write_problems(servers)
-    for problem in problems:
-        sys.stderr.write(f"authsvc: start-up check failed: {problem}\n")
-    if problems:
-        sys.exit(3)
+
+
+def when_ready(server: Any) -> None:
+    """Check, once authsvc answers, that every Orthanc lets it write labels (else exit 3)."""
+    from authsvc import startup_check
+
+    startup_check.start(server, _settings)
 
 
 def post_worker_init(worker: Any) -> None:
