@@ -206,3 +206,30 @@ def test_orthanc_down_fails_closed(world: World) -> None:
     assert response.status_code == 503
     world.orthanc.down = False
     assert world.create("sam", "stone-viewer-publication", world.a_id).status_code == 200
+
+
+def test_a_revocation_made_elsewhere_holds_at_once(world: World) -> None:
+    """Another worker or replica revokes (straight in the database): no stale "granted"."""
+    from authsvc.models import ShareToken
+    from authsvc.models import utcnow
+
+    token = world.create("sam", "stone-viewer-publication", world.a_id).get_json()["Token"]
+    plugin = PluginClient(world.app.test_client())
+    validate = {
+        "method": "get",
+        "level": "study",
+        "orthanc-id": world.a_id,
+        "dicom-uid": A_UID,
+        "server-id": None,
+        "token-key": "token",
+        "token-value": token,
+    }
+    for _ in range(3):  # warm whatever this worker caches
+        assert plugin.post("/tokens/validate", validate).get_json()["granted"] is True
+    with world.app.app_context():
+        row = db.session.scalars(db.select(ShareToken)).one()
+        row.revoked_at = utcnow()
+        db.session.commit()
+    assert plugin.post("/tokens/validate", validate).get_json()["granted"] is False
+    decoded = plugin.post("/tokens/decode", {"token-key": "token", "token-value": token})
+    assert decoded.get_json()["error-code"] is not None
