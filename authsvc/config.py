@@ -447,6 +447,13 @@ class Settings:
         _int(0),
         "Longest share token lifetime in seconds (longer requests are shortened); 0: no limit.",
     )
+    plugin_share_links: bool = setting(
+        True,
+        _bool,
+        "Create share links asked for through the plugin's own `PUT /tokens/<type>`. The plugin "
+        "does not say who asks, so such links belong to nobody and may name any study; with "
+        "nginx routing OE2's requests to authsvc (nginx/plugin.conf.template), set false.",
+    )
     share_token_never_expires: bool = setting(
         False,
         _bool,

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from authsvc.authn import Credentials
 from authsvc.errors import AuthsvcError
 from authsvc.errors import DependencyUnavailable
+from authsvc.errors import Forbidden
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.extensions import db
 from authsvc.models import utcnow
@@ -216,6 +217,14 @@ def create_token(token_type: str) -> Response:
     """
     svc = services()
     req = parse_create(token_type, json_body())
+    if not svc.settings.plugin_share_links:
+        # The plugin names no user: such a link would belong to nobody and could name any
+        # study. This deployment makes links through nginx's user-aware route instead.
+        svc.decisions.count("create", "refused")
+        raise Forbidden(
+            "Share links are made through authsvc's own route on this server "
+            "(PUT /api/orthanc/auth/tokens/<type>); the plugin's route is turned off."
+        )
     try:
         created = svc.share_tokens.create(req, created_by="plugin", now=utcnow())
         db.session.commit()

@@ -233,3 +233,29 @@ def test_a_revocation_made_elsewhere_holds_at_once(world: World) -> None:
     assert plugin.post("/tokens/validate", validate).get_json()["granted"] is False
     decoded = plugin.post("/tokens/decode", {"token-key": "token", "token-value": token})
     assert decoded.get_json()["error-code"] is not None
+
+
+@pytest.mark.parametrize(("allowed", "status"), [(True, 200), (False, 403)])
+def test_the_plugins_own_route_can_be_turned_off(
+    tmp_path: Path, extra_config: dict[str, Any], allowed: bool, status: int
+) -> None:
+    from authsvc import create_app
+    from tests.conftest import base_config
+
+    app = create_app(base_config(tmp_path, **extra_config, plugin_share_links=allowed))
+    with app.app_context():
+        db.create_all()
+    body = {
+        "resources": [
+            {"level": "study", "orthanc-id": "0" * 8 + "-00000000" * 4, "dicom-uid": A_UID}
+        ],
+        "server-id": None,
+        "type": "stone-viewer-publication",
+        "validity-duration": 3600,
+    }
+    response = PluginClient(app.test_client()).put("/tokens/stone-viewer-publication", body)
+    assert response.status_code == status, response.get_data(as_text=True)
+    if not allowed:
+        assert "/api/orthanc/auth/tokens/" in response.get_json()["message"]
+    with app.app_context():
+        db.engine.dispose()
