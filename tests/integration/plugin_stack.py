@@ -7,11 +7,9 @@ and nginx rendered from ``nginx/tls.conf.template`` + ``nginx/plugin.conf.templa
 (Orthanc under ``/orthanc/``). :func:`running_stack` starts it and seeds a few labelled studies
 through Orthanc itself, with the admin's (bob's) token.
 
-Start order matters: authsvc starts *before* the plugin's Orthanc. authsvc's start-up check
-writes a probe label through Orthanc, and that Orthanc's plugin asks this very authsvc for the
-service key's profile; authsvc does not listen yet while gunicorn runs the check, so with
-Orthanc already up the check is refused (403) and authsvc exits with status 3. With Orthanc not
-yet up the check is skipped (logged), and every request is checked later anyway.
+authsvc's start-up check writes a probe label through Orthanc once its workers answer (that
+Orthanc's plugin asks this very authsvc for the service key's profile), so authsvc and Orthanc
+may start in any order; test_authsvc_restarts_while_the_plugin_orthanc_runs holds it to that.
 """
 
 from __future__ import annotations

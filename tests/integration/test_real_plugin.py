@@ -686,7 +686,7 @@ def test_authsvc_restarts_while_the_plugin_orthanc_runs(stack: PluginStack) -> N
     """A crash or a deploy restarts authsvc with its Orthanc up: it must come back.
 
     authsvc's start-up label-write probe goes through this Orthanc, whose plugin asks this
-    very authsvc for the service key's profile, before gunicorn listens.
+    very authsvc for the service key's profile: the probe must wait until authsvc answers.
     """
     path = f"/studies/{stack.studies['cardio'].orthanc_id}"
     stack.authsvc.stop()
