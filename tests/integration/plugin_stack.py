@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import datetime
 import io
-import ipaddress
 import json
 import os
 import subprocess
@@ -231,46 +229,6 @@ def stow_body(instances: list[bytes]) -> bytes:
 # ------------------------------------------------------------------------------ the pieces
 
 
-def write_tls(directory: Path) -> tuple[Path, Path]:
-    """Write a throw-away self-signed certificate for 127.0.0.1; return (certificate, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def authsvc_environment(
     state: Path,
     *,
@@ -477,7 +435,7 @@ def running_stack(state: Path) -> Iterator[PluginStack]:
             state / "orthanc", orthanc_port, f"http://127.0.0.1:{authsvc_port}/"
         )
         stack_parts.append(orthanc)
-        certificate, key = write_tls(state / "tls")
+        certificate, key = deploy_kit.write_self_signed_certificate(state / "tls")
         nginx = start_plugin_nginx(
             state / "nginx",
             nginx_port,
