@@ -330,14 +330,7 @@ def main() -> None:
             started.append(authsvc)
 
             def plugin_config(url: str) -> dict[str, Any]:
-                return {
-                    "WebServiceRootUrl": f"{url}/",
-                    "WebServiceUsername": PLUGIN_USER,
-                    "WebServicePassword": PLUGIN_PASSWORD,
-                    "StandardConfigurations": ["orthanc-explorer-2", "stone-webviewer", "ohif"],
-                    "CheckedLevel": "studies",
-                    "TokenHttpHeaders": ["api-key"],
-                }
+                return services.authorization_section(url, PLUGIN_USER, PLUGIN_PASSWORD)
 
             orthanc_a = services.start_orthanc(
                 state / "orthanc-a", services.free_port(), authorization=plugin_config(authsvc.url)

@@ -259,6 +259,22 @@ AUTHZ_PLUGIN_ENV = "AUTHSVC_TEST_AUTHZ_PLUGIN"
 AUTHZ_PLUGIN_NAME = "libOrthancAuthorization.so"
 
 
+def authorization_section(web_service: str, username: str, password: str) -> dict[str, Any]:
+    """Return the plugin's ``Authorization`` section as deployments write it.
+
+    The same options as config/orthanc/plugin/authorization.json: the OE2, Stone and OHIF
+    presets, study-level checks, API keys (and authsvc's service key) in ``api-key``.
+    """
+    return {
+        "WebServiceRootUrl": web_service.rstrip("/") + "/",
+        "WebServiceUsername": username,
+        "WebServicePassword": password,
+        "StandardConfigurations": ["orthanc-explorer-2", "stone-webviewer", "ohif"],
+        "CheckedLevel": "studies",
+        "TokenHttpHeaders": ["api-key"],
+    }
+
+
 def authorization_plugin_path() -> Path:
     """Return the real Orthanc Advanced Authorization plugin (a trixie / Orthanc 1.12.7 build).
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import io
 import json
 import os
@@ -67,13 +66,6 @@ ROLES: dict[str, Any] = {
     "group-roles": {"/radiology": ["radiology-reader"]},
 }
 
-PLUGIN_CONFIG: dict[str, Any] = {
-    "WebServiceUsername": PLUGIN_USER,
-    "WebServicePassword": PLUGIN_PASSWORD,
-    "StandardConfigurations": ["orthanc-explorer-2", "stone-webviewer", "ohif"],
-    "CheckedLevel": "studies",
-    "TokenHttpHeaders": ["api-key"],
-}
 
 BOUNDARY = "real-plugin-boundary"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -317,7 +309,7 @@ def start_plugin_orthanc(state: Path, port: int, web_service: str) -> services.O
     return services.start_orthanc(
         state,
         port,
-        authorization={**copy.deepcopy(PLUGIN_CONFIG), "WebServiceRootUrl": web_service},
+        authorization=services.authorization_section(web_service, PLUGIN_USER, PLUGIN_PASSWORD),
     )
 
 

@@ -264,14 +264,7 @@ def authz_orthanc(
     tmp_path: Path, auth_web_service: FakeAuthWebService
 ) -> Iterator[services.OrthancService]:
     """A private Orthanc with the real authorization plugin, configured as deployments do."""
-    authorization = {
-        "WebServiceRootUrl": f"{auth_web_service.url}/",
-        "WebServiceUsername": AUTHZ_USER,
-        "WebServicePassword": AUTHZ_PASSWORD,
-        "StandardConfigurations": ["orthanc-explorer-2", "stone-webviewer", "ohif"],
-        "CheckedLevel": "studies",
-        "TokenHttpHeaders": ["api-key"],
-    }
+    authorization = services.authorization_section(auth_web_service.url, AUTHZ_USER, AUTHZ_PASSWORD)
     orthanc = services.start_orthanc(
         tmp_path / "orthanc", services.free_port(), authorization=authorization
     )
