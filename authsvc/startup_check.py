@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 #: Exit status of a server stopped because an Orthanc refuses authsvc's label writes.
 EXIT_STATUS = 3
+#: Probes before a refusal counts, and the pause between them (seconds).
+_ATTEMPTS = 3
+_RETRY_DELAY = 2.0
 #: The master is told to stop with this signal (gunicorn itself handles none of it).
 _STOP_SIGNAL = signal.SIGALRM
 
@@ -85,7 +88,15 @@ def _check(settings: Settings, master_pid: int) -> None:
     if not wait_until_serving(settings.bind):
         log.warning("start-up check skipped: authsvc did not answer /healthz on %s", settings.bind)
         return
-    problems = label_write_problems(orthanc_servers(settings))
+    servers = orthanc_servers(settings)
+    problems = label_write_problems(servers)
+    for _ in range(_ATTEMPTS - 1):
+        if not problems:
+            return
+        # A refusal can be passing: the plugin's own callback to authsvc (for the service key)
+        # timed out on a loaded machine. Only a refusal that stays one stops the server.
+        time.sleep(_RETRY_DELAY)
+        problems = label_write_problems(servers)
     if not problems:
         return
     for problem in problems:
