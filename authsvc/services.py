@@ -66,7 +66,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     # A roles change made by another worker or instance reaches the profiles this worker
     # composes within two of these TTLs (roles, then profile), which stays within the plugin's
     # own cache time (``plugin_validity``). Reads of the roles document itself are never cached.
-    cache_ttl = min(5.0, settings.plugin_validity / 2)
+    cache_ttl = worker_cache_ttl(settings)
     profile_cache = ProfileCache(ttl=cache_ttl)
     roles = RolesStore(roles_file=settings.roles_file, ttl=cache_ttl, on_change=profile_cache.clear)
     roles.read_file()  # a bad roles file stops start-up with one line, not a 500 later
@@ -94,6 +94,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         ),
     )
     app.extensions["authsvc"].study_labels.listen_to(orthanc)
+
+
+def worker_cache_ttl(settings: Settings) -> float:
+    """Seconds a worker may reuse what another worker or replica can change (roles, profiles,
+    share-link revocations): at most 5, at most half the plugin's ``validity``, 0 below 2 s."""
+    return float(min(5, settings.plugin_validity // 2))
 
 
 def orthanc_servers(settings: Settings) -> OrthancServers:
@@ -142,6 +148,9 @@ def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareToke
             else None
         ),
         never_expires_allowed=settings.share_token_never_expires,
+        # A link in force is re-read after a second: revocations reach every worker within
+        # 1 s, Orthanc within validity + 1 s (the plugin's own cache of each answer).
+        revocation_ttl=min(1.0, worker_cache_ttl(settings)),
     )
 
 

@@ -169,26 +169,24 @@ class ShareTokenService:
         return claims
 
     def _is_revoked(self, token_id: str) -> bool:
-        """Tell whether the token is revoked: "yes" is remembered, "no" is asked every time.
+        """Tell whether the token is revoked (answers cached ``revocation_ttl`` seconds).
 
-        A revocation is final, so a known one needs no database read again. A token still in
-        force is read (one primary-key query) on every call, so a revocation made through
-        any worker or replica holds at once; the plugin asks at most once per ``validity``
-        for each token, study and method, so this costs the hot path little.
+        The worker that revokes a token knows at once, the others within the TTL (the app
+        sets one second: a viewer's burst of validations of one link costs one query, and a
+        revocation reaches every worker at once for all practical purposes).
         """
         now = time.monotonic()
         with self._lock:
             cached = self._revoked_cache.get(token_id)
-        if cached is not None and cached[0] and now - cached[1] < self._revocation_ttl:
-            return True
+        if cached is not None and now - cached[1] < self._revocation_ttl:
+            return cached[0]
         row = db.session.get(ShareToken, token_id)
         # No row: never issued here (a key shared with another deployment) or deleted.
         revoked = row is None or row.revoked_at is not None
-        if revoked:
-            with self._lock:
-                if len(self._revoked_cache) > 10_000:
-                    self._revoked_cache.clear()
-                self._revoked_cache[token_id] = (True, now)
+        with self._lock:
+            if len(self._revoked_cache) > 10_000:
+                self._revoked_cache.clear()
+            self._revoked_cache[token_id] = (revoked, now)
         return revoked
 
     # -- C1 ---------------------------------------------------------------------------------------

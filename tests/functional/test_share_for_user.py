@@ -208,8 +208,10 @@ def test_orthanc_down_fails_closed(world: World) -> None:
     assert world.create("sam", "stone-viewer-publication", world.a_id).status_code == 200
 
 
-def test_a_revocation_made_elsewhere_holds_at_once(world: World) -> None:
-    """Another worker or replica revokes (straight in the database): no stale "granted"."""
+def test_a_revocation_made_elsewhere_holds_within_a_second(world: World) -> None:
+    """Another worker or replica revokes (straight in the database): "granted" stops soon."""
+    import time
+
     from authsvc.models import ShareToken
     from authsvc.models import utcnow
 
@@ -230,7 +232,10 @@ def test_a_revocation_made_elsewhere_holds_at_once(world: World) -> None:
         row = db.session.scalars(db.select(ShareToken)).one()
         row.revoked_at = utcnow()
         db.session.commit()
-    assert plugin.post("/tokens/validate", validate).get_json()["granted"] is False
+    revoked_at = time.monotonic()
+    while plugin.post("/tokens/validate", validate).get_json()["granted"]:
+        assert time.monotonic() - revoked_at < 1.5, "a revocation made elsewhere took over 1 s"
+        time.sleep(0.05)
     decoded = plugin.post("/tokens/decode", {"token-key": "token", "token-value": token})
     assert decoded.get_json()["error-code"] is not None
 
