@@ -21,7 +21,12 @@ pytestmark = pytest.mark.unit
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # Variables that are not settings: the config file pointer and the test environment's own.
-NOT_SETTINGS = {"AUTHSVC_CONFIG", "AUTHSVC_TESTENV", "AUTHSVC_TEST_DATABASE_URL"}
+NOT_SETTINGS = {
+    "AUTHSVC_CONFIG",
+    "AUTHSVC_TESTENV",
+    "AUTHSVC_TEST_DATABASE_URL",
+    "AUTHSVC_TEST_AUTHZ_PLUGIN",
+}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
