@@ -204,7 +204,7 @@ def list_share_tokens() -> Response:
     return jsonify(items=[share_token_json(r, now=now) for r in rows])
 
 
-#: Orthanc id of a resource (four or more groups of hex digits), as in Orthanc's URLs.
+#: Orthanc id of a resource (five groups of eight hex digits), as in Orthanc's URLs.
 _ORTHANC_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}")
 _STUDY_OF = {
     ResourceLevel.STUDY: "/studies/{}",
