@@ -7,7 +7,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,14 +128,29 @@ def stub_authsvc() -> Iterator[StubAuthsvc]:
 # ---------------------------------------------------------------- Orthanc on the kit's files
 
 
+def _dicomweb_plugin() -> Path:
+    tree = services.testenv_home() / "orthanc" / "root"
+    dicomweb = tree / "usr" / "share" / "orthanc" / "plugins" / "libOrthancDicomWeb.so"
+    if not dicomweb.exists():
+        raise services.ServiceError(f"Orthanc DICOMweb plugin missing; {services.SETUP_HINT}")
+    return dicomweb
+
+
 class KitOrthanc(services.Service):
     """Orthanc started on a copy of config/orthanc/ (see :func:`start_kit_orthanc`)."""
 
     config_dir: Path
+    #: HTTP Basic credentials it registers, when it has any.
+    credentials: tuple[str, str] | None = None
 
 
 def start_kit_orthanc(
-    state_dir: Path, variant_file: str, env: dict[str, str], name: str
+    state_dir: Path,
+    variant_file: str,
+    env: dict[str, str],
+    name: str,
+    *,
+    authsvc_url: str | None = None,
 ) -> KitOrthanc:
     """Start the test environment's Orthanc on config/orthanc/orthanc.json + one variant file.
 
@@ -146,8 +160,11 @@ def start_kit_orthanc(
     describe the container: the storage path becomes a private directory, the port a free one,
     and remote access is turned off (this machine's Orthanc must answer loopback clients only).
     One extra file adds what the test environment needs: the DICOMweb plugin's path and a
-    locale that exists here. The test environment has no PostgreSQL index plugin, no
-    authorization plugin and no Orthanc Explorer 2: their sections are read and ignored, which
+    locale that exists here. With ``authsvc_url`` the real authorization plugin is loaded too,
+    and the variant's ``WebServiceRootUrl`` (``http://authsvc:8000/``, the compose network's
+    name) becomes that URL. The test environment has no PostgreSQL index plugin and no Orthanc
+    Explorer 2 (nor, without ``authsvc_url``, the authorization plugin): their sections are
+    read and ignored, which
     is exactly what Orthanc does with sections of plugins it has not loaded (the index is
     SQLite instead).
     """
@@ -166,13 +183,16 @@ def start_kit_orthanc(
         assert old in common, f"orthanc.json no longer contains {old}"
         common = common.replace(old, new)
     (config_dir / "orthanc.json").write_text(common)
-    shutil.copy(files.ORTHANC_DIR / variant_file, config_dir / Path(variant_file).name)
-    tree = services.testenv_home() / "orthanc" / "root"
-    dicomweb = tree / "usr" / "share" / "orthanc" / "plugins" / "libOrthancDicomWeb.so"
-    if not dicomweb.exists():
-        raise services.ServiceError(f"Orthanc DICOMweb plugin missing; {services.SETUP_HINT}")
+    variant = (files.ORTHANC_DIR / variant_file).read_text()
+    plugins = [str(_dicomweb_plugin())]
+    if authsvc_url is not None:
+        compose_url = '"WebServiceRootUrl": "http://authsvc:8000/"'
+        assert compose_url in variant, f"{variant_file} no longer contains {compose_url}"
+        variant = variant.replace(compose_url, f'"WebServiceRootUrl": "{authsvc_url}"')
+        plugins.append(str(services.authorization_plugin_path()))
+    (config_dir / Path(variant_file).name).write_text(variant)
     (config_dir / "zz-testenv.json").write_text(
-        json.dumps({"Plugins": [str(dicomweb)], "Locale": "C.UTF-8"})
+        json.dumps({"Plugins": plugins, "Locale": "C.UTF-8"})
     )
     launcher = str(services.TESTENV_DIR / "orthanc.sh")
     service = KitOrthanc(
@@ -202,11 +222,18 @@ def plugin_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrtha
     service.stop()
 
 
+#: The credentials the optional plugin-free door is started with (the operator's own choice).
+INTERNAL_CREDENTIALS = {"AUTHSVC_ORTHANC_USERNAME": "authsvc", "AUTHSVC_ORTHANC_PASSWORD": ""}
+#: What its compose service would set (docs/deploy.md shows one).
+INTERNAL_ENV = {"ORTHANC_INSTANCE_NAME": "orthanc-internal", **INTERNAL_CREDENTIALS}
+
+
 @pytest.fixture(scope="session")
-def internal_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc]:
-    """The service Orthanc of docker-compose.yml, which only authsvc may call."""
-    env = files.interpolated_environment("docker-compose.yml", "orthanc-internal", dotenv)
+def internal_orthanc(kit_state: Path) -> Iterator[KitOrthanc]:
+    """The optional plugin-free Orthanc of config/orthanc/internal/ (README, the second way)."""
+    env = {**INTERNAL_ENV, "AUTHSVC_ORTHANC_PASSWORD": secrets.token_hex(16)}
     service = start_kit_orthanc(kit_state, "internal/internal.json", env, "orthanc-internal")
+    service.credentials = (env["AUTHSVC_ORTHANC_USERNAME"], env["AUTHSVC_ORTHANC_PASSWORD"])
     yield service
     service.stop()
 

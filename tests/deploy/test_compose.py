@@ -211,10 +211,10 @@ def test_shared_services_are_the_same_in_both_stacks() -> None:
     # authsvc differs only in how it reaches Orthanc.
     plugin_env = files.service_environment(plugin["authsvc"])
     gate_env = files.service_environment(gate["authsvc"])
-    # ...and in the plugin-only settings (its credentials, share links through OE2).
+    # ...and in the plugin-only settings (its key and credentials, share links through OE2).
     orthanc_keys = {
-        "AUTHSVC_ORTHANC_URL", "AUTHSVC_ORTHANC_USERNAME", "AUTHSVC_ORTHANC_PASSWORD",
-        "AUTHSVC_PLUGIN_USERNAME", "AUTHSVC_PLUGIN_PASSWORD",
+        "AUTHSVC_ORTHANC_URL", "AUTHSVC_ORTHANC_SERVICE_KEY",
+        "AUTHSVC_PLUGIN_USERNAME", "AUTHSVC_PLUGIN_PASSWORD", "AUTHSVC_PLUGIN_SHARE_LINKS",
         "AUTHSVC_PUBLIC_ORTHANC_ROOT", "AUTHSVC_PUBLIC_LANDING_ROOT",
     }  # fmt: skip
     assert {k: v for k, v in plugin_env.items() if k not in orthanc_keys} == {

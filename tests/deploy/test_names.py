@@ -160,17 +160,30 @@ def test_plugin_section_calls_authsvc_as_authsvc_expects() -> None:
         assert orthanc_env[key] == env[key], key
 
 
-def test_service_orthanc_credentials_match_authsvcs() -> None:
-    """The plugin-free Orthanc registers exactly the user authsvc logs in with."""
+def test_optional_service_orthanc_registers_authsvcs_user() -> None:
+    """The optional plugin-free door registers exactly the user authsvc logs in with."""
     internal = files.orthanc_config("orthanc.json", "internal/internal.json")
     assert internal["AuthenticationEnabled"] is True
     assert "Authorization" not in internal
     assert internal["RegisteredUsers"] == {
         "${AUTHSVC_ORTHANC_USERNAME}": "${AUTHSVC_ORTHANC_PASSWORD}"
     }
+
+
+def test_authsvc_reaches_the_plugin_orthanc_with_its_service_key() -> None:
+    """One Orthanc: authsvc calls it with the service key, in a header the plugin reads."""
+    from authsvc.config import load_settings
+
     env = _authsvc_env()
-    assert env["AUTHSVC_ORTHANC_URL"] == "http://orthanc-internal:8042"
-    assert env["AUTHSVC_ORTHANC_USERNAME"] == "${AUTHSVC_ORTHANC_USERNAME:?set in .env}"
+    assert env["AUTHSVC_ORTHANC_URL"] == "http://orthanc:8042"
+    assert env["AUTHSVC_ORTHANC_SERVICE_KEY"] == "${AUTHSVC_ORTHANC_SERVICE_KEY:?set in .env}"
+    assert "AUTHSVC_ORTHANC_USERNAME" not in env and "AUTHSVC_ORTHANC_PASSWORD" not in env
+    header = env.get("AUTHSVC_ORTHANC_SERVICE_KEY_HEADER", "api-key")
+    section = files.orthanc_config("orthanc.json", "plugin/authorization.json")["Authorization"]
+    assert header.lower() in {name.lower() for name in section["TokenHttpHeaders"]}
+    # make-env.py's secret is a key authsvc accepts (32+ printable characters).
+    key = files.filled_env()["AUTHSVC_ORTHANC_SERVICE_KEY"]
+    assert load_settings({"env": "testing", "orthanc_service_key": key}).orthanc_service_key
 
 
 def test_demo_accounts_are_marked_and_use_the_demo_password() -> None:

@@ -43,15 +43,13 @@ def test_plugin_orthanc_starts_on_the_kit_files(
     assert "dicom-web" in plugins
 
 
-def test_service_orthanc_requires_authsvcs_credentials(
-    internal_orthanc: KitOrthanc, dotenv: dict[str, str]
-) -> None:
-    """The plugin-free Orthanc answers only the user authsvc logs in with (from .env)."""
+def test_service_orthanc_requires_authsvcs_credentials(internal_orthanc: KitOrthanc) -> None:
+    """The optional plugin-free Orthanc answers only the user authsvc logs in with."""
+    assert internal_orthanc.credentials is not None
+    user, password = internal_orthanc.credentials
     assert _system(internal_orthanc).status_code == 401
-    wrong = (dotenv["AUTHSVC_ORTHANC_USERNAME"], "not-the-password")
-    assert _system(internal_orthanc, auth=wrong).status_code == 401
-    right = (dotenv["AUTHSVC_ORTHANC_USERNAME"], dotenv["AUTHSVC_ORTHANC_PASSWORD"])
-    answer = _system(internal_orthanc, auth=right)
+    assert _system(internal_orthanc, auth=(user, "not-the-password")).status_code == 401
+    answer = _system(internal_orthanc, auth=(user, password))
     assert answer.status_code == 200
     assert answer.json()["Name"] == "orthanc-internal"
 

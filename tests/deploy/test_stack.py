@@ -3,9 +3,10 @@ the addresses of its neighbours moved to this machine, serves the plugin callbac
 accounts of the kit's realm with the kit's roles file, and reports ready.
 
 Neighbours: the test IdP serving config/keycloak/orthanc-realm.json (Keycloak stand-in),
-Orthanc on config/orthanc/ (the plugin-free service Orthanc, with the .env credentials), and
-SQLite in place of the stack's PostgreSQL. Everything else — secrets from make-env.py, the
-plugin credentials, audiences, client ids, admin roles, the roles file — is the stack's own.
+the stack's one Orthanc on config/orthanc/ with the real authorization plugin asking this
+authsvc (its ``WebServiceRootUrl`` moved to loopback), and SQLite in place of the stack's
+PostgreSQL. Everything else — secrets from make-env.py, the plugin credentials and authsvc's
+service key, audiences, client ids, admin roles, the roles file — is the stack's own.
 """
 
 from __future__ import annotations
@@ -21,9 +22,31 @@ import requests
 from tests import services
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc
+from tests.deploy.conftest import start_kit_orthanc
 from tests.deploy.test_names import EXPECTED_PROFILES
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack_port() -> int:
+    """authsvc's loopback port, chosen first: the stack's Orthanc must know where to call."""
+    return services.free_port()
+
+
+@pytest.fixture(scope="module")
+def stack_orthanc(kit_state: Path, dotenv: dict[str, str], stack_port: int) -> Iterator[KitOrthanc]:
+    """The stack's Orthanc on the kit's files, its real plugin asking the stack's authsvc."""
+    env = files.interpolated_environment("docker-compose.yml", "orthanc", dotenv)
+    service = start_kit_orthanc(
+        kit_state,
+        "plugin/authorization.json",
+        env,
+        "orthanc-stack",
+        authsvc_url=f"http://127.0.0.1:{stack_port}/",
+    )
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +54,7 @@ def stack_env(
     kit_state: Path,
     dotenv: dict[str, str],
     kit_idp: services.IdpService,
-    internal_orthanc: KitOrthanc,
+    stack_orthanc: KitOrthanc,
 ) -> dict[str, str]:
     """authsvc's environment from docker-compose.yml, neighbours moved to loopback."""
     env = files.interpolated_environment("docker-compose.yml", "authsvc", dotenv)
@@ -41,7 +64,7 @@ def stack_env(
         "AUTHSVC_OIDC_ISSUER": kit_idp.issuer,
         "AUTHSVC_OIDC_DISCOVERY_URL": kit_idp.discovery_url,
         "AUTHSVC_OIDC_JWKS_URL": kit_idp.jwks_url,
-        "AUTHSVC_ORTHANC_URL": internal_orthanc.url,
+        "AUTHSVC_ORTHANC_URL": stack_orthanc.url,
         "AUTHSVC_ROLES_FILE": str(files.ROLES_FILE),
     }
     assert set(moved) - {"AUTHSVC_DATA_DIR"} <= set(env), "the compose file changed shape"
@@ -51,7 +74,9 @@ def stack_env(
 
 
 @pytest.fixture(scope="module")
-def stack_authsvc(kit_state: Path, stack_env: dict[str, str]) -> Iterator[services.Service]:
+def stack_authsvc(
+    kit_state: Path, stack_env: dict[str, str], stack_port: int
+) -> Iterator[services.Service]:
     """`authsvc init-db` (the authsvc-init job), then `authsvc` under gunicorn."""
     authsvc = Path(sys.prefix) / "bin" / "authsvc"
     init = subprocess.run(
@@ -62,9 +87,7 @@ def stack_authsvc(kit_state: Path, stack_env: dict[str, str]) -> Iterator[servic
         check=False,
     )
     assert init.returncode == 0, init.stdout + init.stderr
-    service = services.start_gunicorn_app(
-        kit_state / "stack-authsvc-run", services.free_port(), stack_env
-    )
+    service = services.start_gunicorn_app(kit_state / "stack-authsvc-run", stack_port, stack_env)
     yield service
     service.stop()
 
@@ -85,8 +108,29 @@ def _profile(
 
 
 def test_stack_authsvc_is_ready(stack_authsvc: services.Service) -> None:
-    """/readyz: the database, the service Orthanc (with its .env credentials) and the IdP."""
+    """/readyz: the database, the stack's Orthanc (through its plugin) and the IdP."""
     answer = requests.get(f"{stack_authsvc.url}/readyz", timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_authsvc_writes_labels_through_the_plugin_with_its_service_key(
+    stack_authsvc: services.Service, stack_orthanc: KitOrthanc, stack_env: dict[str, str]
+) -> None:
+    """The kit's wiring end to end: key in .env, header in TokenHttpHeaders, profile answered."""
+    authsvc = Path(sys.prefix) / "bin" / "authsvc"
+    check = subprocess.run(
+        [str(authsvc), "check-orthanc"],
+        env={**stack_env, "PATH": str(authsvc.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "label writes allowed" in check.stdout
+    key = stack_env["AUTHSVC_ORTHANC_SERVICE_KEY"]
+    # The same key reads through the plugin; without it, Orthanc's plugin refuses.
+    assert requests.get(f"{stack_orthanc.url}/tools/labels", timeout=10).status_code == 403
+    answer = requests.get(f"{stack_orthanc.url}/tools/labels", headers={"api-key": key}, timeout=10)
     assert answer.status_code == 200, answer.text
 
 
