@@ -73,19 +73,24 @@ def stack_env(
     return {**kept, **moved}
 
 
+def _authsvc_command(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one `authsvc` command of the venv with the stack's environment."""
+    authsvc = Path(sys.prefix) / "bin" / "authsvc"
+    return subprocess.run(
+        [str(authsvc), command],
+        env={**env, "PATH": str(authsvc.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def stack_authsvc(
     kit_state: Path, stack_env: dict[str, str], stack_port: int
 ) -> Iterator[services.Service]:
     """`authsvc init-db` (the authsvc-init job), then `authsvc` under gunicorn."""
-    authsvc = Path(sys.prefix) / "bin" / "authsvc"
-    init = subprocess.run(
-        [str(authsvc), "init-db"],
-        env={**stack_env, "PATH": str(authsvc.parent)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    init = _authsvc_command("init-db", stack_env)
     assert init.returncode == 0, init.stdout + init.stderr
     service = services.start_gunicorn_app(kit_state / "stack-authsvc-run", stack_port, stack_env)
     yield service
@@ -117,14 +122,7 @@ def test_authsvc_writes_labels_through_the_plugin_with_its_service_key(
     stack_authsvc: services.Service, stack_orthanc: KitOrthanc, stack_env: dict[str, str]
 ) -> None:
     """The kit's wiring end to end: key in .env, header in TokenHttpHeaders, profile answered."""
-    authsvc = Path(sys.prefix) / "bin" / "authsvc"
-    check = subprocess.run(
-        [str(authsvc), "check-orthanc"],
-        env={**stack_env, "PATH": str(authsvc.parent)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    check = _authsvc_command("check-orthanc", stack_env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "label writes allowed" in check.stdout
     key = stack_env["AUTHSVC_ORTHANC_SERVICE_KEY"]

@@ -108,6 +108,20 @@ def world(db_app: Flask) -> Iterator[World]:
         yield World(db_app, db_app.test_client(), orthanc, keys, a.id, b.id)
 
 
+def _validate_body(world: World, token: str) -> dict[str, Any]:
+    """The plugin's /tokens/validate call for a GET of study A with ``token``."""
+    return {
+        "method": "get",
+        "level": "study",
+        "orthanc-id": world.a_id,
+        "dicom-uid": A_UID,
+        "labels": ["cardio"],
+        "server-id": None,
+        "token-key": "token",
+        "token-value": token,
+    }
+
+
 def test_the_link_is_the_users_own_and_works(world: World) -> None:
     response = world.create("sam", "stone-viewer-publication", world.a_id)
     assert response.status_code == 200, response.get_json()
@@ -123,16 +137,7 @@ def test_the_link_is_the_users_own_and_works(world: World) -> None:
     assert theirs.get_json()["items"] == []
     # The plugin grants the link on its study.
     plugin = PluginClient(world.app.test_client())
-    validate = {
-        "method": "get",
-        "level": "study",
-        "orthanc-id": world.a_id,
-        "dicom-uid": A_UID,
-        "labels": ["cardio"],
-        "server-id": None,
-        "token-key": "token",
-        "token-value": body["Token"],
-    }
+    validate = _validate_body(world, body["Token"])
     assert plugin.post("/tokens/validate", validate).get_json()["granted"] is True
     revoked = world.client.delete(
         f"/api/share-tokens/{item['id']}", headers={"api-key": world.keys["sam"]}
@@ -217,15 +222,7 @@ def test_a_revocation_made_elsewhere_holds_within_a_second(world: World) -> None
 
     token = world.create("sam", "stone-viewer-publication", world.a_id).get_json()["Token"]
     plugin = PluginClient(world.app.test_client())
-    validate = {
-        "method": "get",
-        "level": "study",
-        "orthanc-id": world.a_id,
-        "dicom-uid": A_UID,
-        "server-id": None,
-        "token-key": "token",
-        "token-value": token,
-    }
+    validate = _validate_body(world, token)
     for _ in range(3):  # warm whatever this worker caches
         assert plugin.post("/tokens/validate", validate).get_json()["granted"] is True
     with world.app.app_context():
