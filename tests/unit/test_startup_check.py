@@ -6,8 +6,10 @@ runs in tests/integration/test_real_plugin.py; here the pieces, with the probe f
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -72,8 +74,9 @@ def test_only_a_lasting_refusal_stops_the_server(
         return answers[min(len(calls), len(answers)) - 1]
 
     monkeypatch.setattr(startup_check, "label_write_problems", probe)
-    monkeypatch.setattr(startup_check.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(startup_check.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    # Module-wide for the test's length: the check's pause, and its signal to the master.
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
     startup_check._check(settings, 4242)
     assert kills == ([(4242, signal.SIGALRM)] if stopped else [])
     assert len(calls) == (3 if stopped else len(answers))
