@@ -46,7 +46,11 @@ CREATE TABLE known_user (
     username      TEXT NOT NULL,          -- lower-cased preferred_username
     name          TEXT NOT NULL,
     email         TEXT,                   -- lower-cased, verified addresses only
-    last_seen_at  TIMESTAMPTZ NOT NULL
+    last_seen_at  TIMESTAMPTZ NOT NULL,
+    identity      JSONB,                  -- the last identity seen (roles, groups): what the
+                                          -- credentials this person made are checked against
+    disabled_at   TIMESTAMPTZ,            -- set: disabled in authsvc (no sign-in, credentials off)
+    disabled_by   TEXT
 );
 CREATE INDEX ix_known_user_username ON known_user (username);
 
@@ -194,4 +198,4 @@ CREATE TABLE share_token (
 CREATE INDEX ix_share_token_created_by ON share_token (created_by);
 CREATE INDEX ix_share_token_created_at ON share_token (created_at);
 
-INSERT INTO schema_version (version, applied_at) VALUES (1, now());
+INSERT INTO schema_version (version, applied_at) VALUES (2, now());

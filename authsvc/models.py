@@ -115,7 +115,13 @@ class AdminSession(db.Model):  # type: ignore[name-defined,misc]
 
 
 class KnownUser(db.Model):  # type: ignore[name-defined,misc]
-    """Someone who signed in to the admin pages: username -> subject, and a name to show."""
+    """Someone authsvc has seen: username -> subject, a name to show, and their standing.
+
+    ``identity`` is the last :class:`~authsvc.identity.Identity` seen (admin sign-in, plugin
+    profile, or making a credential): the roles and groups the credentials this person made
+    are checked against (see :mod:`authsvc.makers`). ``disabled_at`` set: an admin disabled
+    the person in authsvc; their sign-in and every credential they made stop.
+    """
 
     __tablename__ = "known_user"
     __table_args__ = (Index("ix_known_user_username", "username"),)
@@ -125,6 +131,9 @@ class KnownUser(db.Model):  # type: ignore[name-defined,misc]
     name: Mapped[str] = mapped_column(Text, nullable=False)
     email: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    identity: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_by: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]
