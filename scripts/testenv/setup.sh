@@ -6,6 +6,7 @@
 #   Chromium                                        Debian package, driven by PyPI playwright
 #   test OIDC provider                              npm ci in scripts/testenv/idp
 #   PostgreSQL server binaries                      Debian package, for a private cluster if needed
+#   OHIF 3 viewer (@ohif/app dist)                  npm registry tarball, pinned sha512, under the cache
 #
 # Safe to re-run and quick when everything is present: apt is consulted only when a package is
 # missing. Any component that cannot be installed makes this exit non-zero. It never runs
@@ -121,6 +122,34 @@ if [[ ! -d $idp/node_modules/oidc-provider || $(cat "$stamp" 2>/dev/null) != "$l
     echo "$lock_sum" >"$stamp"
 fi
 
+# --- OHIF 3: the prebuilt viewer of the npm package @ohif/app (dist/ only, no build step),
+# served by the OHIF tests' nginx (tests/integration/ohif_site.py). Pinned version and the
+# registry's sha512 (npm view @ohif/app@3.13.2 dist.integrity); ~50 MB tarball, ~200 MB dist.
+ohif_version=3.13.2
+ohif_sha512=WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+ohif_dir=$testenv/ohif/$ohif_version
+if [[ ! -f $ohif_dir/dist/index.html ]]; then
+    mkdir -p "$testenv/ohif"
+    ohif_tgz=$testenv/ohif/app-$ohif_version.tgz
+    if [[ ! -f $ohif_tgz ]]; then
+        curl -sSfL --retry 2 -o "$ohif_tgz.partial" \
+            "https://registry.npmjs.org/@ohif/app/-/app-$ohif_version.tgz" ||
+            die "download of @ohif/app $ohif_version failed"
+        mv -f "$ohif_tgz.partial" "$ohif_tgz"
+    fi
+    got=$(openssl dgst -sha512 -binary "$ohif_tgz" | base64 -w0)
+    if [[ $got != "$ohif_sha512" ]]; then
+        rm -f "$ohif_tgz"
+        die "@ohif/app $ohif_version tarball has sha512 $got, expected $ohif_sha512"
+    fi
+    rm -rf "$ohif_dir.partial"
+    mkdir -p "$ohif_dir.partial"
+    tar -xzf "$ohif_tgz" -C "$ohif_dir.partial" --strip-components=1 package/dist ||
+        die "cannot unpack $ohif_tgz"
+    rm -rf "$ohif_dir"
+    mv "$ohif_dir.partial" "$ohif_dir"
+fi
+
 # --- one line per component, so a CI log shows exactly what the tests ran against
 orthanc_version=$("$here/orthanc.sh" --version)
 orthanc_version=${orthanc_version%%$'\n'*}
@@ -132,4 +161,5 @@ printf '%-14s %s\n' \
     chromium "$(/usr/bin/chromium --version 2>/dev/null | head -n1)" \
     node "$(node -v)" \
     oidc-provider "$(cd "$idp" && node -p 'require("./node_modules/oidc-provider/package.json").version')" \
+    ohif "$ohif_version ($ohif_dir/dist)" \
     postgresql "$("$postgres_bin/postgres" --version)"
