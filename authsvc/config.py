@@ -337,8 +337,18 @@ class Settings:
     oidc_audiences: tuple[str, ...] = setting(
         (),
         _list,
-        "Accepted `aud` values (comma-separated). Empty: the client id and `account`.",
-        example="orthanc,account",
+        "Accepted `aud` values (comma-separated). Empty: the client id and `account`. "
+        "`account` (in every Keycloak client's tokens) only counts with an `azp` listed in "
+        "`oidc_trusted_clients`.",
+        example="authsvc",
+    )
+    oidc_trusted_clients: tuple[str, ...] = setting(
+        ("orthanc", "authsvc"),
+        _list,
+        "Clients (`azp`) whose tokens are accepted when their only accepted audience is "
+        "`account` (default: the clients of config/keycloak/orthanc-realm.json). `*`: any "
+        "client of the realm, refused in production.",
+        example="orthanc,authsvc",
     )
     oidc_discovery_url: str = setting(
         "",
@@ -648,6 +658,7 @@ def _complete_secrets(settings: Settings) -> Settings:
                     f"{env_name(key)}: required in production (set it, or {env_name(key)}_FILE, "
                     f"or /run/secrets/authsvc_{key})"
                 )
+        _refuse_any_client(settings)
         return settings
     missing = [key for key in _DEV_GENERATED if not getattr(settings, key)]
     if not missing:
@@ -674,6 +685,23 @@ def _complete_secrets(settings: Settings) -> Settings:
         store,
     )
     return dataclasses.replace(settings, **generated)
+
+
+def _refuse_any_client(settings: Settings) -> None:
+    """Refuse a production configuration that accepts the tokens of every client of the realm.
+
+    Keycloak puts ``account`` into the ``aud`` of every client's tokens, so accepting it from
+    any ``azp`` lets a token minted for another application of the realm work here.
+    """
+    if not settings.oidc_issuer:
+        return
+    audiences = settings.oidc_audiences or (settings.oidc_client_id, "account")
+    if "account" in audiences and "*" in settings.oidc_trusted_clients:
+        raise ConfigError(
+            f"{env_name('oidc_trusted_clients')}: `*` with the `account` audience accepts tokens "
+            f"minted for any client of the realm; list the trusted clients, or set "
+            f"{env_name('oidc_audiences')} to authsvc's own audience"
+        )
 
 
 def describe() -> list[dict[str, str]]:

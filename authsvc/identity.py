@@ -182,6 +182,10 @@ def claims_to_identity(claims: Mapping[str, Any], client_id: str | None) -> Iden
 # --- token verification ----------------------------------------------------------------------
 
 #: Algorithms accepted by default: Keycloak's asymmetric signature algorithms.
+# Keycloak's audience for its own account console; present in the tokens of every client.
+ACCOUNT_AUDIENCE = "account"
+# In ``trusted_clients``: accept ``account``-only tokens of any client (the old, unsafe rule).
+ANY_CLIENT = "*"
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384")
 
 # Every algorithm a deployment may enable. Deliberately no "none" and no HMAC: an HS256 token
@@ -249,10 +253,16 @@ class KeycloakVerifier:
     service, e.g. ``iss`` is public but Keycloak is reached as ``http://keycloak:8080``).
 
     Audience: a token is accepted if its ``aud`` contains one of ``audiences`` (default:
-    ``client_id`` and ``account``, the latter for compatibility with orthanc-auth-service), or
-    if ``accept_azp`` and its ``azp`` equals ``client_id``. If ``token_types`` is set, a token
-    carrying a Keycloak ``typ`` claim must have one of those values (``Bearer`` by default), so
-    ID tokens and refresh tokens are not accepted as access tokens.
+    ``client_id`` and ``account``), or if ``accept_azp`` and its ``azp`` equals ``client_id``.
+    ``account`` is special: Keycloak puts it into the tokens of *every* client of the realm
+    (whenever the user holds the default ``account`` client roles), so on its own it says
+    nothing about who the token was minted for. It is kept for compatibility with
+    orthanc-auth-service, but a token whose only accepted audience is ``account`` passes only
+    if its ``azp`` (the client it was issued to) is ``client_id`` or one of
+    ``trusted_clients``; ``"*"`` there restores the old "any client" rule (refused in
+    production by the settings). If ``token_types`` is set, a token carrying a Keycloak ``typ``
+    claim must have one of those values (``Bearer`` by default), so ID tokens and refresh
+    tokens are not accepted as access tokens.
 
     Key fetching: nothing happens at construction. The JWKS is fetched on first use and cached;
     a token with an unknown ``kid`` triggers one refetch, but fetches happen at most once per
@@ -273,6 +283,7 @@ class KeycloakVerifier:
         fetch_json: Callable[[str], Any],
         audiences: Iterable[str] | None = None,
         accept_azp: bool = True,
+        trusted_clients: Iterable[str] = (),
         algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
         leeway: float = 30.0,
         clock: Callable[[], float] = time.time,
@@ -318,9 +329,13 @@ class KeycloakVerifier:
         self.client_id = client_id
         self._fetch_json = fetch_json
         self._clock = clock
-        self._audiences = frozenset(
-            audiences if audiences is not None else (client_id, "account")
-        ) - {""}
+        accepted = frozenset(audiences if audiences is not None else (client_id, "account"))
+        # ``account`` names no client (see the class docstring): it never suffices alone.
+        self._audiences = accepted - {"", ACCOUNT_AUDIENCE}
+        self._account_compat = ACCOUNT_AUDIENCE in accepted
+        trusted = frozenset(trusted_clients) - {""}
+        self._any_client = ANY_CLIENT in trusted
+        self._trusted_clients = trusted - {ANY_CLIENT}
         self._accept_azp = accept_azp and bool(client_id)
         self._leeway = float(leeway)
         self._discovery_url = (
@@ -448,15 +463,24 @@ class KeycloakVerifier:
         return float(exp)
 
     def _audience_ok(self, claims: Mapping[str, Any]) -> bool:
-        """Return True if ``aud`` names one of our audiences, or ``azp`` is our client."""
+        """Return True if the token was meant for us (see the class docstring)."""
         aud = claims.get("aud")
         if isinstance(aud, str):
-            if aud in self._audiences:
-                return True
+            named = {aud}
         elif isinstance(aud, list):
-            if any(isinstance(a, str) and a in self._audiences for a in aud):
-                return True
-        return self._accept_azp and claims.get("azp") == self.client_id
+            named = {a for a in aud if isinstance(a, str)}
+        else:
+            named = set()
+        if named & self._audiences:
+            return True
+        azp = claims.get("azp")
+        if not isinstance(azp, str) or not azp:
+            return False
+        if self._accept_azp and azp == self.client_id:
+            return True
+        if self._account_compat and ACCOUNT_AUDIENCE in named:
+            return self._any_client or azp in self._trusted_clients or azp == self.client_id
+        return False
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -179,6 +179,7 @@ def build_verifier(settings: Settings) -> KeycloakVerifier | None:
         client_id=settings.oidc_client_id,
         fetch_json=json_fetcher(settings.oidc_timeout),
         audiences=settings.oidc_audiences or None,
+        trusted_clients=settings.oidc_trusted_clients,
         algorithms=settings.oidc_algorithms,
         leeway=settings.oidc_leeway,
         discovery_url=settings.oidc_discovery_url or None,

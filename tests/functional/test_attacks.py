@@ -626,6 +626,12 @@ def _forged_jwts() -> dict[str, str]:
         "hs256-modulus": _hs256_with(public["n"].encode(), claims),
         "wrong-iss": oidc.make_token(BOB, iss="https://evil.test/realms/orthanc", **admin),
         "wrong-aud": oidc.make_token(BOB, aud=["other-service"], azp="other", **admin),
+        # Keycloak writes `account` into the tokens of every client of the realm: a token the
+        # hospital's portal (another client) got for bob must not work here.
+        "account-aud-other-client": oidc.make_token(
+            BOB, aud=["account"], azp="hospital-portal", **admin
+        ),
+        "account-aud-no-azp": oidc.make_token(BOB, aud="account", azp=None, **admin),
         "expired": oidc.make_token(BOB, lifetime=-120, **admin),
         "future-nbf": oidc.make_token(BOB, nbf=now + 3600, **admin),
         "future-iat": oidc.make_token(BOB, iat=now + 3600, nbf=now + 3600, **admin),
@@ -664,6 +670,21 @@ def _jwt_refused(lite: World, attack: str, token: str) -> None:
     if profile.status_code == 200:
         assert "admin" not in json.dumps(profile.get_json()).lower()
         assert profile.get_json().get("permissions", []) == []
+
+
+def test_jwt_account_audience_counts_only_for_trusted_clients(lite: World) -> None:
+    """The default trusted clients are the shipped realm's (orthanc, authsvc): their tokens
+    that carry only `account` still work (orthanc-auth-service compatibility)."""
+    for azp in ("orthanc", "authsvc"):
+        token = oidc.make_token(BOB, aud=["account"], azp=azp, subject=sub(BOB))
+        assert (
+            lite.client.get("/api/albums", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 200
+        ), azp
+    token = oidc.make_token(BOB, aud=["account"], azp="hospital-portal", subject=sub(BOB))
+    answer = lite.client.get("/api/albums", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
+    assert "audience" in json.dumps(answer.get_json())
 
 
 def test_jwt_unknown_kid_flood_fetches_the_jwks_a_bounded_number_of_times(lite: World) -> None:

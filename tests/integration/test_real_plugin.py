@@ -636,6 +636,22 @@ def test_forged_garbage_and_empty_tokens_are_refused(stack: PluginStack) -> None
         _refused_everywhere(stack, forged, what)
 
 
+def test_token_of_another_client_of_the_realm_is_refused(stack: PluginStack) -> None:
+    """Keycloak puts `account` into every client's tokens: carol's token for the hospital's
+    portal (another client of the realm) must open nothing, while her viewer's token is hers.
+    (carol holds no client role of authsvc; a user who does gets `authsvc` into `aud` from
+    Keycloak itself unless the other client's "Full scope allowed" is off: docs/deploy.md.)"""
+    portal = str(stack.idp.password_token("carol", client_id="hospital-portal")["access_token"])
+    claims = plugin_stack.jwt_claims(portal)
+    assert claims["aud"] in ("account", ["account"]), claims
+    assert claims["azp"] == "hospital-portal", claims
+    answer = stack.api("GET", "/api/albums", portal)
+    assert answer.status_code == 401 and "audience" in answer.text
+    _refused_everywhere(stack, portal, "another client's token")
+    viewer = str(stack.idp.password_token("carol", client_id="orthanc-ui")["access_token"])
+    assert stack.api("GET", "/api/albums", viewer).status_code == 200
+
+
 def test_expired_token_is_refused(stack: PluginStack) -> None:
     with plugin_stack.idp_token_lifetime(stack.idp, 1):
         token = stack.jwt("bob")

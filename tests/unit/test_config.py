@@ -38,6 +38,44 @@ def test_defaults_with_a_secret(tmp_path: Path) -> None:
     assert settings.sqlalchemy_url.endswith("/instance/authsvc.sqlite3")
 
 
+OIDC = {
+    "AUTHSVC_SECRET_KEY": SECRET,
+    "AUTHSVC_OIDC_ISSUER": "https://idp.example/realms/orthanc",
+    "AUTHSVC_OIDC_CLIENT_ID": "authsvc",
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "*"},
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "orthanc,*"},
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "*", "AUTHSVC_OIDC_AUDIENCES": "authsvc,account"},
+    ],
+)
+def test_production_refuses_tokens_of_any_client(tmp_path: Path, extra: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(OIDC | extra, tmp_path)
+    message = str(info.value)
+    assert message.startswith("AUTHSVC_OIDC_TRUSTED_CLIENTS: `*` with the `account` audience")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # default: the shipped realm's clients
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "orthanc"},
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "*", "AUTHSVC_OIDC_AUDIENCES": "authsvc"},  # no account
+        {"AUTHSVC_OIDC_TRUSTED_CLIENTS": "*", "AUTHSVC_ENV": "development"},
+    ],
+)
+def test_production_accepts_bounded_audiences(tmp_path: Path, extra: dict[str, str]) -> None:
+    settings = load(OIDC | extra, tmp_path)
+    if not extra:
+        assert settings.oidc_trusted_clients == ("orthanc", "authsvc")
+
+
 def test_layers_file_then_env_then_secret_file_then_overrides(tmp_path: Path) -> None:
     toml = tmp_path / "authsvc.toml"
     toml.write_text('workers = 3\nthreads = 2\nlog_level = "warning"\nbind = "0.0.0.0:9000"\n')

@@ -489,8 +489,11 @@ def test_wrong_issuer_refused(verifier: KeycloakVerifier, rsa_key: RSAKey, iss: 
 @pytest.mark.parametrize(
     ("aud", "azp", "accepted"),
     [
-        (["account"], "other-client", True),
-        ("account", "other-client", True),
+        # Keycloak puts "account" in every client's tokens: alone it proves nothing.
+        (["account"], "other-client", False),
+        ("account", "other-client", False),
+        (["account"], DROP, False),
+        (["account"], CLIENT, True),  # ... but with azp naming our client it is ours
         (CLIENT, "other-client", True),
         (["broker", CLIENT], "other-client", True),
         (["broker"], CLIENT, True),  # azp is our client
@@ -512,6 +515,45 @@ def test_audience_rule(
     else:
         with pytest.raises(TokenInvalid, match="audience"):
             verifier.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "aud", "azp", "accepted"),
+    [
+        (["portal"], ["account"], "portal", True),
+        (["portal"], "account", "portal", True),
+        (["portal"], ["account"], "other-client", False),
+        (["portal"], ["account"], ["portal"], False),  # azp must be one string
+        (["portal"], ["broker"], "portal", False),  # trust widens `account` only
+        (["portal"], DROP, "portal", False),
+        (["*"], ["account"], "anything", True),  # the old rule, only on request
+        (["*"], ["broker"], "anything", False),
+        ([], ["account"], "portal", False),
+    ],
+)
+def test_account_audience_needs_a_trusted_client(
+    make_verifier: Callable[..., KeycloakVerifier],
+    rsa_key: RSAKey,
+    trusted: list[str],
+    aud: Any,
+    azp: Any,
+    accepted: bool,
+) -> None:
+    verifier = make_verifier(trusted_clients=trusted)
+    token = sign(rsa_key, aud=aud, azp=azp)
+    if accepted:
+        assert verifier.verify(token).username == "jane"
+    else:
+        with pytest.raises(TokenInvalid, match="audience"):
+            verifier.verify(token)
+
+
+def test_account_not_configured_means_no_trust(
+    make_verifier: Callable[..., KeycloakVerifier], rsa_key: RSAKey
+) -> None:
+    verifier = make_verifier(audiences=["authsvc"], trusted_clients=["portal"])
+    with pytest.raises(TokenInvalid, match="audience"):
+        verifier.verify(sign(rsa_key, aud="account", azp="portal"))
 
 
 def test_configured_audiences_replace_defaults(
