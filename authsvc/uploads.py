@@ -711,6 +711,7 @@ class _Ingest:
             spooled.write(head)
             shutil.copyfileobj(source, spooled, CHUNK_BYTES)
             spooled.seek(0)
+            _check_zip_directory(spooled, self.limits.max_instances)
             try:
                 archive = zipfile.ZipFile(spooled)
             except (zipfile.BadZipFile, OSError, ValueError):
@@ -754,6 +755,34 @@ _ZIP_MEMBER_ERRORS: Final = (
     ValueError,
     OSError,
 )
+
+
+#: Bytes of ZIP central directory allowed per item an upload may hold. ``zipfile`` reads the
+#: whole directory into memory before any member is looked at, about ten times its size once
+#: parsed: a 30 MB archive listing 300,000 empty directories costs 150 MB, and directories
+#: never count as items. 512 bytes is about four times a real entry (46 bytes, a path, extras).
+ZIP_DIRECTORY_BYTES_PER_ITEM: Final = 512
+
+
+def _check_zip_directory(spooled: IO[bytes], max_items: int) -> None:
+    """Refuse a ZIP whose central directory is too large for the upload, before it is parsed.
+
+    :raise UploadTooLarge: the directory is larger than ``max_items`` entries need.
+    """
+    try:
+        # The very record ZipFile reads next, so the size checked is the size it would read.
+        end = zipfile._EndRecData(spooled)  # type: ignore[attr-defined]
+    except OSError:
+        end = None  # not a ZIP: ZipFile says so next
+    spooled.seek(0)
+    limit = max(64 * 1024, max_items * ZIP_DIRECTORY_BYTES_PER_ITEM)
+    if end and end[_ZIP_END_DIRECTORY_SIZE] > limit:
+        raise UploadTooLarge(
+            f"The ZIP archive lists more entries than an upload of {max_items} items may hold."
+        )
+
+
+_ZIP_END_DIRECTORY_SIZE: Final = 5  # zipfile._ECD_SIZE: bytes of the central directory
 
 
 def _is_junk(filename: str) -> bool:
