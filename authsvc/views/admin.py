@@ -175,6 +175,25 @@ def check_csrf() -> None:
         )
 
 
+#: Sent with every admin page: no framing (clickjacking of the forms), no MIME sniffing, no
+#: page URL to other sites, and nothing kept in shared or browser caches (pages show patients).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@bp.after_request
+def security_headers(response: WerkzeugResponse) -> WerkzeugResponse:
+    """Add :data:`SECURITY_HEADERS` to every admin response (error pages included)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 @bp.before_request
 def load_user() -> None:
     """Find who is signed in (if anybody) for this request."""

@@ -1,0 +1,160 @@
+"""Attacks found by the security review of 2026-12-03 (docs/security.md, "Review of 2026-12-03").
+
+Each test is an attack that worked before its fix (or a check the review added); the older
+attack suite is tests/functional/test_attacks.py. Orthanc and the OIDC provider are faked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import zipfile
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from authsvc import logs
+from authsvc import uploads
+from authsvc.sealing import KeyRing
+from authsvc.sealing import Purpose
+from authsvc.sealing import generate_key
+from authsvc.sealing import seal
+from authsvc.uploads import UploadKind
+from authsvc.uploads import UploadLimits
+from tests.dicom_factory import make_study
+from tests.fake_orthanc import FakeOrthanc
+from tests.functional.test_admin import ALICE
+from tests.functional.test_admin import extra_config  # noqa: F401 - the admin pages' settings
+from tests.functional.test_admin import mock  # noqa: F401 - a fixture, used by name
+from tests.functional.test_admin import orthanc  # noqa: F401 - a fixture, used by name
+from tests.functional.test_admin import sign_in
+
+pytestmark = pytest.mark.functional
+
+
+# --- uploads: a ZIP whose directory alone would exhaust memory ----------------------------------
+
+
+class _Store:
+    """Orthanc's /instances, as far as an upload needs it: counts what it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies = 0
+
+    def store_instance(self, body: Any) -> dict[str, Any]:
+        self.bodies += 1
+        return {"ID": f"i{self.bodies}", "ParentStudy": "s1", "ParentSeries": "se1"}
+
+
+def _ingest_zip(archive: bytes, limits: UploadLimits) -> tuple[uploads.UploadResult, _Store]:
+    store = _Store()
+    result = uploads.ingest(
+        io.BytesIO(archive),
+        UploadKind.ZIP,
+        None,
+        store=store,
+        sink=lambda study: None,
+        limits=limits,
+    )
+    return result, store
+
+
+def _zip_of_directories(count: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(count):
+            archive.writestr(f"d{i:x}/", b"")
+    return buffer.getvalue()
+
+
+def test_zip_listing_more_entries_than_the_upload_may_hold_is_refused_before_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Directories never count as items, and zipfile holds its whole directory in memory (about
+    ten times its size): before the fix, a small archive of empty directories cost the worker
+    hundreds of megabytes before any limit applied."""
+    limits = UploadLimits(max_bytes=10**9, max_instances=10)
+    # 10 items may bring 64 KiB of directory at most; 3,000 directory entries are ~160 KB.
+    bomb = _zip_of_directories(3000)
+    parsed: list[object] = []
+    real_zipfile = zipfile.ZipFile
+
+    def recording_zipfile(*args: Any, **kwargs: Any) -> zipfile.ZipFile:
+        parsed.append(args[0])
+        return real_zipfile(*args, **kwargs)
+
+    monkeypatch.setattr(uploads.zipfile, "ZipFile", recording_zipfile)
+    result, store = _ingest_zip(bomb, limits)
+    assert isinstance(result.error, uploads.UploadTooLarge)
+    assert "lists more entries" in result.error.message
+    assert parsed == [], "the directory was parsed before it was checked"
+    assert store.bodies == 0
+
+    # A real archive of the same upload passes the check: 10 instances in nested folders.
+    buffer = io.BytesIO()
+    with real_zipfile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("DICOM/", b"")
+        for i, data in enumerate(make_study(n_instances=10)):
+            archive.writestr(f"DICOM/PATIENT/STUDY/SERIES/IM{i:05}", data)
+    result, store = _ingest_zip(buffer.getvalue(), limits)
+    assert result.error is None
+    assert store.bodies == 10
+
+
+# --- logs: authsvc's own sealed tokens --------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose", list(Purpose))
+def test_sealed_tokens_are_masked_in_log_lines(purpose: Purpose) -> None:
+    """The redacting filter knew JWTs, API keys and ``token=`` pairs, but not a bare upload,
+    album read or share token (``up1.…``, ``ar1.…``, ``sh1.…``), e.g. quoted by an exception."""
+    ring = KeyRing.from_text(generate_key("review1"))
+    token = seal(ring, purpose, {"a": "b"}, now=dt.datetime.now(dt.UTC))
+    sealed_part = token.rsplit(".", 1)[1]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.RedactingFilter())
+    logger = logging.getLogger("authsvc.test.review")
+    logger.addHandler(handler)
+    try:
+        logger.warning("could not use %s for the upload", token)
+        try:
+            raise ValueError(f"bad token {token}")
+        except ValueError:
+            logger.exception("while opening")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert sealed_part not in text
+    assert f"{token.split('.')[0]}.review1.[redacted-token]" in text  # kind and key id stay
+
+
+# --- admin pages: framing, sniffing, caching ------------------------------------------------------
+
+
+def test_admin_pages_cannot_be_framed_sniffed_or_cached(
+    db_app: Flask,
+    orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Without these headers a page of another site (or of a same-site viewer) could frame an
+    album page and trick a manager into clicking "Remove" or "Delete album"; and pages that name
+    patients could be kept by a shared cache or the browser's history."""
+    client = sign_in(db_app, ALICE)
+    anonymous = db_app.test_client()
+    responses = {
+        "albums page": client.get("/admin/albums"),
+        "refused form (no CSRF token)": client.post("/admin/albums", data={"name": "x"}),
+        "signed-out page": anonymous.get("/admin/signed-out"),
+        "sign-in redirect": anonymous.get("/admin/albums"),
+    }
+    assert responses["albums page"].status_code == 200
+    assert responses["refused form (no CSRF token)"].status_code == 403
+    for what, response in responses.items():
+        headers = response.headers
+        assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), what
+        assert headers.get("X-Frame-Options") == "DENY", what
+        assert headers.get("X-Content-Type-Options") == "nosniff", what
+        assert headers.get("Referrer-Policy") == "same-origin", what
+        assert headers.get("Cache-Control") == "no-store", what
