@@ -11,10 +11,10 @@ export AUTHSVC_ENV ?= development
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/authsvc: setup.cfg pyproject.toml
+$(BIN)/authsvc: setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(BIN)/authsvc ## create the virtualenv and install authsvc with its test tools
@@ -47,8 +47,18 @@ fuzz: venv ## the long schemathesis run: 200 generated requests per JSON operati
 results: venv testenv ## run the hardening suites and short benchmarks; write docs/results.md
 	AUTHSVC_ENV=testing $(BIN)/python bench/results.py --bench
 
+lock: ## re-resolve setup.cfg's dependencies in a scratch venv and rewrite constraints.txt
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	{ sed -n '1,/^# Regenerate/p' constraints.txt; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf build/lock-venv
+
 format: venv ## rewrite files with ruff format and import sorting
 	$(BIN)/ruff check --fix --select I authsvc tests bench
 	$(BIN)/ruff format authsvc tests bench
 
-.PHONY: help venv run testenv lint test bench fuzz results format
+.PHONY: help venv run testenv lint test bench fuzz results lock format
