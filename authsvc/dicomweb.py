@@ -8,7 +8,10 @@ Each album is served as its own DICOMweb root, ``/dicom-web/albums/<album id>/``
   UID list matching, batched). Every result is checked again against the album's UIDs, so a
   study outside the album never appears even if Orthanc ignored a filter. ``limit`` and
   ``offset`` are applied here, over the combined answer; every other parameter (matching keys,
-  ``includefield``, ``fuzzymatching``) is passed through as is.
+  ``fuzzymatching``) is passed through as is, but ``includefield`` lists are sent as one
+  ``includefield`` per attribute: Orthanc does not percent-decode arguments, and OHIF sends
+  ``includefield=00081030%2C00080060``, which Orthanc would ignore (no study descriptions in
+  OHIF's study list).
 * **QIDO below a study and WADO-RS** (``studies/{uid}/...``: series/instances searches,
   retrieval, metadata, frames, rendered, thumbnails, bulk data): one per-study check (the study
   and any series/instance named must belong to studies carrying the album's label), then the
@@ -44,6 +47,8 @@ MARKER_HOST = "authsvc-album-root.invalid"
 QIDO_BATCH = 100
 _STUDY_UID_TAG = "0020000D"
 _STUDY_UID_NAMES = frozenset({"StudyInstanceUID", "0020000D"})
+#: An ``includefield`` item: a tag (``00081030``), a keyword, a dotted path, or ``all``.
+_INCLUDE_FIELD_RE = re.compile(r"[A-Za-z0-9.]{1,64}")
 _MAX_LIMIT = 10_000
 
 # The marker URL up to and including Orthanc's DICOMweb root (whatever its path or PublicRoot):
@@ -169,8 +174,8 @@ def split_query(raw_query: str, drop: frozenset[str] = frozenset()) -> list[tupl
 def parse_qido_query(raw_query: str, drop: frozenset[str] = frozenset()) -> QidoQuery:
     """Split a raw QIDO query string for the album QIDO (``drop``: names to leave out).
 
-    :raise 400: a bad ``limit``/``offset``, or a wildcard in a UID (UIDs match exactly or as a
-        list, PS3.4 C.2.2.2.2).
+    :raise 400: a bad ``limit``/``offset``, a wildcard in a UID (UIDs match exactly or as a
+        list, PS3.4 C.2.2.2.2), or an ``includefield`` item that is no tag or keyword.
     """
     from authsvc.errors import BadRequest
 
@@ -189,6 +194,11 @@ def parse_qido_query(raw_query: str, drop: frozenset[str] = frozenset()) -> Qido
                 raise BadRequest("StudyInstanceUID does not take wildcards.")
             wanted = set(items)
             study_uids = sorted(wanted if study_uids is None else wanted & set(study_uids))
+        elif name == "includefield":
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            if not all(_INCLUDE_FIELD_RE.fullmatch(item) for item in items):
+                raise BadRequest("includefield takes attribute tags or keywords, comma-separated.")
+            passthrough.extend(f"includefield={item}" for item in items)
         else:
             passthrough.append(field)
     return QidoQuery(passthrough, study_uids, limit, offset)

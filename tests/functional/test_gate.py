@@ -375,6 +375,31 @@ def test_album_qido_behind_a_proxy_prefix(world: dict[str, Any]) -> None:
     assert empty.get_json() == []
 
 
+def test_album_qido_sends_ohifs_includefield_list_as_separate_fields(
+    world: dict[str, Any],
+) -> None:
+    """OHIF 3's study list asks ``includefield=a%2Cb``; Orthanc only reads repeated fields."""
+    a: FakeStudy = world["a"]
+    qido = world["mock"].get(f"{URL}/dicom-web/studies", json=[])
+    client = world["app"].test_client()
+    answer = client.get(
+        f"/dicom-web/albums/{world['album_a']}/studies?limit=101&offset=0"
+        "&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030",
+        headers=CAROL,
+    )
+    assert answer.status_code == 200
+    sent = qido.last_request.url.split("?", 1)[1]
+    assert sent == (
+        "fuzzymatching=false&includefield=00081030&includefield=00080060"
+        f"&includefield=00080090&includefield=00100030&StudyInstanceUID={a.uid}"
+    )
+    refused = client.get(
+        f"/dicom-web/albums/{world['album_a']}/studies?includefield=0008%261030", headers=CAROL
+    )
+    assert refused.status_code == 400
+    assert "includefield" in refused.get_json()["message"]
+
+
 def test_oe2_sends_the_keycloak_token_in_the_token_header(world: dict[str, Any]) -> None:
     client = world["app"].test_client()
     a: FakeStudy = world["a"]

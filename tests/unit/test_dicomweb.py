@@ -90,6 +90,35 @@ def test_qido_query_split() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "includefield=00081030%2C00080060",  # what OHIF 3 sends
+        "includefield=00081030,00080060",
+        "includefield=00081030&includefield=00080060",
+        "includefield=%2000081030%20%2C%2C00080060",
+    ],
+)
+def test_qido_includefield_lists_become_one_field_per_attribute(raw: str) -> None:
+    # Orthanc does not decode %2C: a list must reach it as repeated includefield fields.
+    assert dicomweb.parse_qido_query(raw).orthanc_params(["1.2"]) == (
+        "includefield=00081030&includefield=00080060&StudyInstanceUID=1.2"
+    )
+
+
+def test_qido_includefield_keeps_keywords_and_all() -> None:
+    query = dicomweb.parse_qido_query("includefield=all&includefield=StudyDescription")
+    assert query.passthrough == ["includefield=all", "includefield=StudyDescription"]
+
+
+@pytest.mark.parametrize(
+    "raw", ["includefield=0008%261030", "includefield=a%3Db", "includefield=*"]
+)
+def test_qido_includefield_that_is_no_attribute_is_400(raw: str) -> None:
+    with pytest.raises(BadRequest):
+        dicomweb.parse_qido_query(raw)
+
+
 def test_qido_repeated_uid_filters_intersect() -> None:
     query = dicomweb.parse_qido_query("StudyInstanceUID=1.2,1.3&0020000D=1.3,1.4")
     assert query.study_uids == ["1.3"]
