@@ -2,12 +2,15 @@
 
 Each instance is a Part 10 file in explicit VR little endian with an 8x8 16-bit grayscale
 image, which is the smallest thing Orthanc, DICOMweb and viewers all treat as a real image.
+``make_study(size=...)`` makes larger images with a ring pattern, for tests that look at what a
+viewer drew (tests/integration/test_ohif.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import io
+import math
 import uuid
 from array import array
 
@@ -27,15 +30,32 @@ _SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 _ROWS = _COLUMNS = 8
 
 
-def _pixels(seed: int) -> bytes:
-    """Return 8x8 little-endian uint16 pixels that differ per instance."""
-    values = array("H", ((seed * 97 + i * 13) % 4096 for i in range(_ROWS * _COLUMNS)))
+def _pixels(seed: int, size: int = _ROWS) -> bytes:
+    """Return size x size little-endian uint16 pixels that differ per instance.
+
+    8x8 (the default) is a ramp; larger images are concentric rings around the centre, so a
+    rendered image has structure a test (or a person looking at a screenshot) can see.
+    """
+    if size == _ROWS:
+        values = array("H", ((seed * 97 + i * 13) % 4096 for i in range(_ROWS * _COLUMNS)))
+    else:
+        half = size / 2
+        values = array(
+            "H",
+            (
+                int(2048 + 1800 * math.cos(math.hypot(x - half, y - half) / 3 + seed))
+                for y in range(size)
+                for x in range(size)
+            ),
+        )
     if array("H", [1]).tobytes() != b"\x01\x00":  # DICOM wants little endian on any host
         values.byteswap()
     return values.tobytes()
 
 
-def _instance(study: Dataset, series_uid: str, series_number: int, number: int) -> bytes:
+def _instance(
+    study: Dataset, series_uid: str, series_number: int, number: int, size: int = _ROWS
+) -> bytes:
     """Return one encoded instance of the given study and series."""
     sop_class = _SOP_CLASSES.get(study.Modality, _SECONDARY_CAPTURE)
     sop_instance = generate_uid()
@@ -61,13 +81,13 @@ def _instance(study: Dataset, series_uid: str, series_number: int, number: int) 
     ds.SliceThickness = 1
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = _ROWS
-    ds.Columns = _COLUMNS
+    ds.Rows = size
+    ds.Columns = size
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.PixelData = _pixels(series_number * 1000 + number)
+    ds.PixelData = _pixels(series_number * 1000 + number, size)
 
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -84,8 +104,11 @@ def make_study(
     *,
     study_instance_uid: str | None = None,
     accession_number: str | None = None,
+    size: int = _ROWS,
 ) -> list[bytes]:
     """Return n_series x n_instances encoded instances that all belong to one new study.
+
+    ``size`` is the images' rows and columns (8 by default; see :func:`_pixels`).
 
     ``patient_id`` defaults to a fresh unique value so tests never see each other's patients.
     """
@@ -111,5 +134,5 @@ def make_study(
     for series_number in range(1, n_series + 1):
         series_uid = generate_uid()
         for number in range(1, n_instances + 1):
-            instances.append(_instance(study, series_uid, series_number, number))
+            instances.append(_instance(study, series_uid, series_number, number, size))
     return instances
