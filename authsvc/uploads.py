@@ -60,6 +60,7 @@ __all__ = [
     "FAILURE_CANNOT_UNDERSTAND",
     "FAILURE_OUT_OF_RESOURCES",
     "FAILURE_PROCESSING",
+    "FormFields",
     "InstanceOutcome",
     "MalformedUpload",
     "StudyOutcome",
@@ -239,6 +240,12 @@ class MultipartPart:
         """Return the file name of a form-data part, if any."""
         _, params = parse_content_type("x;" + self.headers.get("content-disposition", ""))
         return params.get("filename") or None
+
+    @property
+    def field_name(self) -> str:
+        """Return the form field name of a form-data part ("" if none)."""
+        _, params = parse_content_type("x;" + self.headers.get("content-disposition", ""))
+        return params.get("name", "")
 
     def read(self, size: int = -1, /) -> bytes:
         """Read up to ``size`` bytes of the body; b"" once the part has ended."""
@@ -513,6 +520,27 @@ class UploadLimits:
 
     max_bytes: int
     max_instances: int
+
+
+#: A form field (a part without a file name) may not be longer than this.
+MAX_FIELD_BYTES: Final = 4096
+
+
+class FormFields(Protocol):
+    """Receives the plain fields of a ``multipart/form-data`` upload (parts with no file name).
+
+    A browser sends a form's fields in document order, so a field placed before the file input
+    (the admin pages' CSRF token) arrives before any file: :meth:`before_file` can refuse the
+    upload before a byte of it reaches Orthanc.
+    """
+
+    def field(self, name: str, value: bytes) -> None:
+        """Take one field (at most :data:`MAX_FIELD_BYTES`)."""
+        ...
+
+    def before_file(self) -> None:
+        """Called before each file part is handled; raise to stop the upload there."""
+        ...
 
 
 # --- DICOM meta header ---------------------------------------------------------------------
@@ -807,6 +835,16 @@ def _read_exactly(source: Readable, size: int) -> bytes:
     return bytes(data)
 
 
+def _read_field(part: MultipartPart) -> bytes:
+    """Read a form field's value; a field longer than MAX_FIELD_BYTES is malformed."""
+    value = bytearray()
+    while chunk := part.read(CHUNK_BYTES):
+        value += chunk
+        if len(value) > MAX_FIELD_BYTES:
+            raise MalformedUpload(f"A form field is longer than {MAX_FIELD_BYTES} bytes.")
+    return bytes(value)
+
+
 def _drain(source: Readable) -> None:
     while source.read(CHUNK_BYTES):
         pass
@@ -820,12 +858,15 @@ def ingest(
     store: InstanceStore,
     sink: StudySink,
     limits: UploadLimits,
+    fields: FormFields | None = None,
 ) -> UploadResult:
     """Read the whole upload, store every DICOM item, put every study in the album.
 
     Never raises for what the client sent or for Orthanc going away: the error is returned in
     :attr:`UploadResult.error` together with what was stored before it, and the caller decides
-    the status. (Errors of the study sink, e.g. the database, do propagate.)
+    the status. (Errors of the study sink, e.g. the database, do propagate, and so does what
+    ``fields`` raises.) With ``fields``, the parts of a form upload that carry no file name are
+    form fields handed to it, not items.
     """
     result = UploadResult()
     reader = LimitedReader(stream, limits.max_bytes)
@@ -841,6 +882,11 @@ def ingest(
                     outcome.reason = f"Part type {part.content_type} is not application/dicom."
                     outcome.failure_code = FAILURE_CANNOT_UNDERSTAND
                     continue
+                if fields is not None and kind == UploadKind.FORM:
+                    if part.filename is None:
+                        fields.field(part.field_name, _read_field(part))
+                        continue
+                    fields.before_file()
                 state.item(part, part.filename, allow_zip=kind == UploadKind.FORM)
         else:
             head = _read_exactly(reader, _HEAD_BYTES)

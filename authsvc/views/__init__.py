@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Flask
 
 from authsvc.views import admin
+from authsvc.views import album_upload
 from authsvc.views import albums_api
 from authsvc.views import credentials
 from authsvc.views import dicomweb
@@ -26,6 +27,7 @@ def register_blueprints(app: Flask) -> None:
     request_hooks.init_app(app)
     app.register_blueprint(ops.bp)
     admin.init_app(app, app.extensions["authsvc"].settings)
+    app.register_blueprint(album_upload.bp)
     app.register_blueprint(plugin.bp)
     app.register_blueprint(credentials.bp)
     app.register_blueprint(metrics.bp)

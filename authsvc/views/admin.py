@@ -742,6 +742,7 @@ def album(album_id: str) -> str:
         "remove": _can(caller, role, Action.ALBUM_STUDY_REMOVE),
         "invite": _can(caller, role, Action.ALBUM_MEMBER_INVITE, Target(new_role=AlbumRole.VIEWER)),
         "upload": _can(caller, role, Action.ALBUM_UPLOAD_TOKEN_CREATE),
+        "upload_files": _can(caller, role, Action.ALBUM_UPLOAD),
         "share": _can(caller, role, Action.ALBUM_READ_TOKEN_CREATE),
         "leave": own is not None
         and _can(caller, own["role"], Action.ALBUM_LEAVE, Target(owner_count=owners)),

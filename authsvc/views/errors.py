@@ -48,8 +48,14 @@ HTML_PREFIXES = ("/admin", "/login", "/logout", "/auth/callback")
 
 
 def wants_html() -> bool:
-    """True when the caller is a person in a browser (an admin page), not a program."""
-    return request.path.startswith(HTML_PREFIXES)
+    """True when the caller is a person in a browser (an admin page), not a program.
+
+    A page's own script (the album page's upload) asks for JSON and gets its errors in JSON.
+    """
+    if not request.path.startswith(HTML_PREFIXES):
+        return False
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best != "application/json"
 
 
 def render_error(status: int, code: str, message: str, details: object = None) -> Response:

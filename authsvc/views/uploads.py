@@ -93,21 +93,21 @@ def issue_upload_token(album_id: str) -> tuple[Response, int]:
 def list_upload_tokens(album_id: str) -> Response:
     """List the album's upload tokens the caller may see (never the tokens themselves)."""
     rows = records.list_tokens(_caller(), album_id)
-    return jsonify({"items": [records.token_json(row) for row in rows]})
+    return jsonify({"items": [records.listed_json(row) for row in rows]})
 
 
 @bp.delete("/api/albums/<album_id>/upload-tokens/<token_id>")
 def revoke_upload_token(album_id: str, token_id: str) -> Response:
     """Revoke one upload token (idempotent)."""
     row = records.revoke(_caller(), album_id, token_id)
-    return jsonify(records.token_json(row))
+    return jsonify(records.listed_json(row))
 
 
 # --- uploads ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class _Uploader:
+class Uploader:
     """Who is uploading into which album, as the audit trail names them."""
 
     album: Album
@@ -158,7 +158,7 @@ def _basic_token(value: str | None) -> str | None:
     return password
 
 
-def _uploader(album_id: str) -> _Uploader:
+def _uploader(album_id: str) -> Uploader:
     """Authenticate the upload and check it may go into the album; reserve a token use.
 
     :raise 401: bad, expired, revoked or used-up token; bad user credentials.
@@ -177,8 +177,16 @@ def _uploader(album_id: str) -> _Uploader:
         raise
     if grant is not None:
         row, album = grant
-        return _Uploader(album=album, audit_name=f"upload-token:{row.id}", token_id=row.id)
-    caller = _caller()
+        return Uploader(album=album, audit_name=f"upload-token:{row.id}", token_id=row.id)
+    return uploader_for(_caller(), album_id)
+
+
+def uploader_for(caller: Caller, album_id: str) -> Uploader:
+    """Check that a user may upload into the album (contributor and up); audit a refusal.
+
+    :raise 403: a member below contributor.
+    :raise 404: no such album (or the user is not a member).
+    """
     found: Album | None = db.session.get(Album, album_id) if len(album_id) <= 64 else None
     if found is None:
         raise NotFound("No such album.")
@@ -196,7 +204,7 @@ def _uploader(album_id: str) -> _Uploader:
         if isinstance(decision, Denied) and decision.conceal:
             raise NotFound("No such album.")
         raise Forbidden(f"Not allowed: {decision.reason}.")
-    return _Uploader(album=album, audit_name=caller.name)
+    return Uploader(album=album, audit_name=caller.name)
 
 
 def _audit_token_refusal(album_id: str, exc: AuthsvcError) -> None:
@@ -215,13 +223,13 @@ def _audit_token_refusal(album_id: str, exc: AuthsvcError) -> None:
 class _RequestStream:
     """The request body as a domain ``Readable``: werkzeug's errors become ours."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
         try:
             self._stream = request.stream
         except RequestEntityTooLarge as exc:
             raise uploads.UploadTooLarge(
-                "The upload is larger than the limit of "
-                f"{services().settings.upload_max_bytes} bytes."
+                f"The upload is larger than the limit of {limit} bytes."
             ) from exc
 
     def read(self, size: int = -1, /) -> bytes:
@@ -230,8 +238,7 @@ class _RequestStream:
             return self._stream.read(size)
         except RequestEntityTooLarge as exc:
             raise uploads.UploadTooLarge(
-                "The upload is larger than the limit of "
-                f"{services().settings.upload_max_bytes} bytes."
+                f"The upload is larger than the limit of {self._limit} bytes."
             ) from exc
         except ClientDisconnected as exc:
             raise uploads.MalformedUpload(
@@ -250,10 +257,28 @@ class _ProgressStore:
         return self.client.store_instance(body)
 
 
-def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
-    """Stream the body into Orthanc and the album; audit; raise when nothing was stored."""
+def run_upload(
+    uploader: Uploader,
+    *,
+    stow: bool,
+    fields: uploads.FormFields | None = None,
+    limits: uploads.UploadLimits | None = None,
+) -> uploads.UploadResult:
+    """Stream the body into Orthanc and the album; audit; raise when nothing was stored.
+
+    ``fields`` takes a form upload's plain fields (the admin page's CSRF token); ``limits``
+    replaces the configured ones when they are smaller (the admin page's no-script form).
+    """
     settings = services().settings
     album = uploader.album
+    configured = uploads.UploadLimits(
+        max_bytes=settings.upload_max_bytes, max_instances=settings.upload_max_instances
+    )
+    if limits is not None:
+        configured = uploads.UploadLimits(
+            max_bytes=min(configured.max_bytes, limits.max_bytes),
+            max_instances=min(configured.max_instances, limits.max_instances),
+        )
     result: uploads.UploadResult | None = None
     try:
         kind, boundary = uploads.classify(request.headers.get("Content-Type"), stow=stow)
@@ -261,16 +286,15 @@ def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
         if client is None:
             raise OrthancUnavailable(f"Orthanc server {album.server_id!r} is not configured.")
         # This route reads far more than a JSON body: the upload limit replaces the JSON one.
-        request.max_content_length = settings.upload_max_bytes
+        request.max_content_length = configured.max_bytes
         result = uploads.ingest(
-            _RequestStream(),
+            _RequestStream(configured.max_bytes),
             kind,
             boundary,
             store=_ProgressStore(client),
             sink=uploads.album_sink(album, client, uploader.audit_name),
-            limits=uploads.UploadLimits(
-                max_bytes=settings.upload_max_bytes, max_instances=settings.upload_max_instances
-            ),
+            limits=configured,
+            fields=fields,
         )
     except AuthsvcError as exc:
         _finish(uploader, None, exc)
@@ -282,7 +306,7 @@ def _run_upload(uploader: _Uploader, *, stow: bool) -> uploads.UploadResult:
 
 
 def _finish(
-    uploader: _Uploader, result: uploads.UploadResult | None, error: AuthsvcError | None
+    uploader: Uploader, result: uploads.UploadResult | None, error: AuthsvcError | None
 ) -> None:
     """Give back an unused token use, and write the upload's audit row."""
     db.session.rollback()
@@ -308,7 +332,7 @@ def _finish(
     db.session.commit()
 
 
-def _warnings(result: uploads.UploadResult) -> list[str]:
+def warnings_for(result: uploads.UploadResult) -> list[str]:
     """Human-readable notes for the Warning header and the JSON answer."""
     notes = []
     if result.pending_studies:
@@ -345,14 +369,14 @@ def _warning_header(notes: list[str]) -> str:
 def stow(album_id: str) -> Response:
     """STOW-RS into an album: store every instance, label every study, answer in DICOM JSON."""
     uploader = _uploader(album_id)
-    result = _run_upload(uploader, stow=True)
+    result = run_upload(uploader, stow=True)
     client = services().orthanc.get(uploader.album.server_id)
     base = f"{request.url_root.rstrip('/')}/dicom-web/albums/{uploader.album.id}"
     body = stow_response(result, base, client)
     response = jsonify(body)
     response.status_code = _status(result)
     response.mimetype = "application/dicom+json"
-    notes = _warnings(result)
+    notes = warnings_for(result)
     if notes:
         response.headers["Warning"] = _warning_header(notes)
     return response
@@ -386,20 +410,28 @@ def stow_by_token() -> Response:
 def upload(album_id: str) -> Response:
     """Upload DICOM files or ZIP archives into an album; answer a per-file JSON report."""
     uploader = _uploader(album_id)
-    result = _run_upload(uploader, stow=False)
-    response = jsonify(
-        {
-            "album_id": uploader.album.id,
-            "complete": result.error is None,
-            "summary": result.summary(),
-            "instances": [i.to_json() for i in result.instances],
-            "studies": [s.to_json() for s in result.studies.values()],
-            "warnings": _warnings(result),
-            "error": _report_error(result),
-        }
-    )
-    response.status_code = 422 if not result.stored else _status(result)
+    result = run_upload(uploader, stow=False)
+    response = jsonify(upload_report(result, uploader.album.id))
+    response.status_code = report_status(result)
     return response
+
+
+def upload_report(result: uploads.UploadResult, album_id: str) -> dict[str, Any]:
+    """The per-file JSON answer of a plain upload (the API's and the album page's)."""
+    return {
+        "album_id": album_id,
+        "complete": result.error is None,
+        "summary": result.summary(),
+        "instances": [i.to_json() for i in result.instances],
+        "studies": [s.to_json() for s in result.studies.values()],
+        "warnings": warnings_for(result),
+        "error": _report_error(result),
+    }
+
+
+def report_status(result: uploads.UploadResult) -> int:
+    """The status of a plain upload's answer: 422 when nothing was stored."""
+    return 422 if not result.stored else _status(result)
 
 
 def _report_error(result: uploads.UploadResult) -> dict[str, Any] | None:
