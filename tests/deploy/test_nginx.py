@@ -306,14 +306,67 @@ def test_gate_fails_closed_with_503_when_authsvc_is_down(
     nginx = deploy_kit.start_nginx_templates(
         kit_state / "nginx-gate-down", port, {"gate.conf.template": values}, ready_path="/gate/"
     )
+    secret = "sekret-share-link-4712"
     try:
         answer = requests.get(
-            f"{nginx.url}/system", headers={"Authorization": "Bearer allow"}, timeout=10
+            f"{nginx.url}/system?token={secret}",
+            headers={"Authorization": "Bearer allow"},
+            timeout=10,
         )
         assert answer.status_code == 503
         assert answer.json()["error"] == "authorization_unavailable"
     finally:
         nginx.stop()
+    # nginx's error messages quote the request line: at "error" level, "connect() failed ...
+    # request: GET /system?token=..." put the token in the log (the templates log at "crit").
+    log = nginx.log_path.read_text()
+    assert '"GET /system HTTP/1.1" 503' in log
+    assert secret not in log
+
+
+def test_gate_keeps_authsvc_credentials_from_orthanc(
+    kit_state: Path, stub_authsvc: StubAuthsvc
+) -> None:
+    """authsvc gets every credential; the Orthanc behind the gate gets none of them (HTTP Basic
+    alone would pass, by the template's map). The stand-in plays both authsvc and Orthanc."""
+    port = services.free_port()
+    values = {
+        **_upstreams(stub_authsvc.port, stub_authsvc.port, services.free_port()),
+        "GATE_LISTEN": f"127.0.0.1:{port}",
+    }
+    nginx = deploy_kit.start_nginx_templates(
+        kit_state / "nginx-gate-strip", port, {"gate.conf.template": values}, ready_path="/gate/"
+    )
+    credentials = {
+        "Authorization": "Bearer allow",
+        "token": "sh1.k1.a-share-link",
+        "api-key": "ask_0123456789abcdef_secret",
+        "Cookie": "authsvc_session=the-admin-session",
+    }
+    try:
+        path = f"/patients?strip={secrets.token_hex(4)}"
+        answer = requests.get(f"{nginx.url}{path}", headers=credentials, timeout=10)
+        assert answer.status_code == 200 and answer.json()["path"] == path
+    finally:
+        nginx.stop()
+    asked = _last_gate_call(stub_authsvc).headers
+    assert {name.lower(): asked[name.lower()] for name in credentials} == {
+        name.lower(): value for name, value in credentials.items()
+    }
+    (forwarded,) = stub_authsvc.requests_to(path)
+    assert not {"authorization", "token", "api-key", "cookie"} & set(forwarded.headers)
+
+
+def test_templates_log_errors_at_crit_only() -> None:
+    """Each server block that handles Orthanc's URIs keeps request lines (and ?token=) out of
+    nginx's error log."""
+    for name in ("gate.conf.template", "plugin.conf.template"):
+        text = (deploy_kit.NGINX_DIR / name).read_text()
+        servers = text.count("\nserver {")
+        assert servers >= 1 and text.count("    error_log stderr crit;") == servers, name
+    plugin = (deploy_kit.NGINX_DIR / "plugin.conf.template").read_text()
+    orthanc_location = plugin.split("location /orthanc/ {", 1)[1].split("\n    }", 1)[0]
+    assert 'proxy_set_header Cookie "";' in orthanc_location
 
 
 def test_gate_access_log_never_holds_query_strings(
