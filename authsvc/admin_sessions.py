@@ -146,6 +146,7 @@ def remember_user(identity: Identity) -> None:
     row.name = identity.name or identity.username
     row.email = identity.email.lower() if identity.email and identity.email_verified else None
     row.last_seen_at = utcnow()
+    row.identity = identity_to_json(identity)
 
 
 def find_user(username: str) -> KnownUser | None:

@@ -31,8 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc import audit
+from authsvc import makers
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.errors import CredentialSuspended
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
 from authsvc.errors import TokenInvalid
@@ -47,6 +49,8 @@ from authsvc.models import utcnow
 from authsvc.policy import Action
 from authsvc.policy import Actor
 from authsvc.policy import AlbumRole
+from authsvc.policy import CredentialKind
+from authsvc.policy import Decision
 from authsvc.policy import decide
 from authsvc.sealing import KeyRing
 from authsvc.study_labels import TtlMap
@@ -318,8 +322,21 @@ def verify_read_token(ring: KeyRing, token: str) -> ReadGrant:
     album = db.session.get(Album, claims.album_id)
     if album is None:
         raise TokenInvalid("The album read token is not valid.")
+    backing = read_token_backing(row, album)
+    if not backing:
+        makers.audit_refusal(
+            CredentialKind.ALBUM_READ_TOKEN, row.id, f"album:{album.id}", backing.reason
+        )
+        raise CredentialSuspended(f"This album read token no longer works: {backing.reason}.")
     _touch(row)
     return ReadGrant(claims=claims, album_id=album.id, label=album.label, server_id=album.server_id)
+
+
+def read_token_backing(row: AlbumReadToken, album: Album | None) -> Decision:
+    """Return whether the token's maker may still make read tokens for the album."""
+    return makers.album_credential_backing(
+        CredentialKind.ALBUM_READ_TOKEN, row.id, row.created_by, album
+    )
 
 
 def _touch(row: AlbumReadToken) -> None:
@@ -339,9 +356,26 @@ def _touch(row: AlbumReadToken) -> None:
         log.info("album read token %s: last use not recorded (%s)", row.id, type(exc).__name__)
 
 
-def read_token_json(row: AlbumReadToken) -> dict[str, object]:
-    """Return the JSON form of a read token record (never the token itself)."""
+def read_token_json(row: AlbumReadToken, *, with_state: bool = False) -> dict[str, object]:
+    """Return the JSON form of a read token record (never the token itself).
+
+    ``with_state``: add ``state`` (active, expired, revoked, or suspended when its maker no
+    longer backs it) and the ``reason`` of a suspension.
+    """
+    extra: dict[str, object] = {}
+    if with_state:
+        state, reason = "active", None
+        if row.revoked_at is not None:
+            state = "revoked"
+        elif row.expires_at <= utcnow():
+            state = "expired"
+        else:
+            backing = read_token_backing(row, db.session.get(Album, row.album_id))
+            if not backing:
+                state, reason = "suspended", backing.reason
+        extra = {"state": state, "reason": reason}
     return {
+        **extra,
         "id": row.id,
         "album_id": row.album_id,
         "created_by": row.created_by,

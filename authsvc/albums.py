@@ -691,11 +691,20 @@ def delete_album(
     )
     db.session.delete(album)
     db.session.commit()
+    _membership_changed()
     _apply([p.id for p in pending])
     return len(study_ids)
 
 
 # --- members ----------------------------------------------------------------------------------
+
+
+def _membership_changed() -> None:
+    """Forget this process's answers on whether credentials still stand on their makers
+    (other processes see a change within the cache TTL, see :mod:`authsvc.makers`)."""
+    from authsvc.services import services
+
+    services().makers.clear()
 
 
 def _member_json_subject(member: AlbumMember) -> dict[str, Any]:
@@ -803,6 +812,7 @@ def invite_member(
         {**_member_json_subject(member), "role": new_role.value},
     )
     db.session.commit()
+    _membership_changed()
     return member
 
 
@@ -838,6 +848,7 @@ def change_member_role(
             {**_member_json_subject(member), "from": old_role.value, "to": new_role.value},
         )
     db.session.commit()
+    _membership_changed()
     return member
 
 
@@ -865,6 +876,7 @@ def remove_member(caller: Caller, album_id: str, member_id: object) -> None:
     )
     db.session.delete(member)
     db.session.commit()
+    _membership_changed()
 
 
 def leave_album(caller: Caller, album_id: str) -> None:
@@ -906,6 +918,7 @@ def leave_album(caller: Caller, album_id: str) -> None:
     )
     db.session.delete(own)
     db.session.commit()
+    _membership_changed()
 
 
 # --- profile seam -------------------------------------------------------------------------------

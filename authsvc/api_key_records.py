@@ -32,8 +32,14 @@ from authsvc.errors import NotFound
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
+from authsvc.makers import api_key_owner_disabled
 from authsvc.models import ApiKey
 from authsvc.models import utcnow
+from authsvc.policy import Actor
+from authsvc.policy import CredentialKind
+from authsvc.policy import Decision
+from authsvc.policy import Maker
+from authsvc.policy import decide_credential_backing
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -184,9 +190,19 @@ def revoke_key(row: ApiKey, *, actor: Identity, now: dt.datetime) -> None:
 
 
 def key_json(row: ApiKey, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Return a key for the JSON API (never its secret or hash)."""
+    """Return a key for the JSON API (never its secret or hash).
+
+    ``status`` is ``suspended`` (with a ``reason``) for a user key whose owner an admin
+    disabled: the key is refused until the owner is enabled again.
+    """
     now = now or utcnow()
     expired = row.expires_at is not None and row.expires_at <= now
+    status = "revoked" if row.revoked_at else "expired" if expired else "active"
+    reason = None
+    if status == "active" and row.kind == USER_KIND:
+        backing = owner_backing(row.owner_subject)
+        if not backing:
+            status, reason = "suspended", backing.reason
     return {
         "id": row.id,
         "display": redacted_api_key(row.id),
@@ -200,5 +216,12 @@ def key_json(row: ApiKey, *, now: dt.datetime | None = None) -> dict[str, Any]:
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
         "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-        "status": "revoked" if row.revoked_at else "expired" if expired else "active",
+        "status": status,
+        "reason": reason,
     }
+
+
+def owner_backing(owner_subject: str) -> Decision:
+    """Return whether the owner of a user key still backs it (not disabled in authsvc)."""
+    maker = Maker(actor=Actor(owner_subject), disabled=api_key_owner_disabled(owner_subject))
+    return decide_credential_backing(CredentialKind.API_KEY, maker)

@@ -39,6 +39,7 @@ class AuditAction(StrEnum):
     album_upload = "album:upload"
     api_key_create = "api-key:create"
     api_key_revoke = "api-key:revoke"
+    credential_refused = "credential:refused"
     roles_update = "roles:update"
     token_album_read_create = "token:album-read:create"
     token_album_read_revoke = "token:album-read:revoke"
@@ -46,6 +47,8 @@ class AuditAction(StrEnum):
     token_share_revoke = "token:share:revoke"
     token_upload_create = "token:upload:create"
     token_upload_revoke = "token:upload:revoke"
+    user_disable = "user:disable"
+    user_enable = "user:enable"
 
 
 class Outcome(StrEnum):

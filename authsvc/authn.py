@@ -32,9 +32,11 @@ from dataclasses import replace
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from authsvc.api_key_records import owner_backing
 from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.api_keys import parse_api_key
 from authsvc.api_keys import verify_api_key
+from authsvc.errors import CredentialSuspended
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
 from authsvc.errors import TokenRevoked
@@ -95,6 +97,8 @@ class _KeyRecord:
     expires_at: dt.datetime | None
     revoked: bool
     loaded_at: float
+    #: The person a user key acts as is disabled in authsvc (see authsvc.makers).
+    owner_disabled: bool = False
 
 
 class ApiKeyCache:
@@ -138,6 +142,7 @@ class ApiKeyCache:
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None,
             loaded_at=now,
+            owner_disabled=row.kind == "user" and not owner_backing(row.owner_subject),
         )
         with self._lock:
             if len(self._entries) > 4096:
@@ -179,6 +184,8 @@ class ApiKeyCache:
             raise TokenRevoked("The API key has been revoked.")
         if record.expires_at is not None and record.expires_at <= utcnow():
             raise TokenExpired("The API key has expired.")
+        if record.owner_disabled:
+            raise CredentialSuspended("The API key no longer works: its owner is disabled.")
         self._touch(parsed.key_id, now)
         return record.identity
 

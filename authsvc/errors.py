@@ -140,6 +140,13 @@ class TokenRevoked(TokenInvalid):
     message = "The token has been revoked."
 
 
+class CredentialSuspended(TokenRevoked):
+    """A credential is authentic but its maker no longer backs it (lost the role, disabled)."""
+
+    code = "credential-suspended"
+    message = "The credential no longer works: its maker lost the rights it needs."
+
+
 # --- 5xx: a dependency failed --------------------------------------------------------------
 
 

@@ -85,6 +85,9 @@ from authsvc.orthanc_routes import RouteTarget
 
 __all__ = [
     "SHARE_CREATE_PERMISSIONS",
+    "CredentialKind",
+    "Maker",
+    "decide_credential_backing",
     "decide_share_creation",
     "ORTHANC_SERVICE_PERMISSIONS",
     "ACCOUNT_RULES",
@@ -170,6 +173,7 @@ class Action(StrEnum):
     API_KEY_LIST = "api-key:list"
     API_KEY_LIST_ALL = "api-key:list-all"
     API_KEY_REVOKE = "api-key:revoke"
+    USER_DISABLE = "user:disable"
     GATE_ADMIN = "gate:admin"
     GATE_LIST = "gate:server:list"
     GATE_MALFORMED = "gate:malformed"
@@ -551,6 +555,8 @@ ACCOUNT_RULES: Mapping[Action, AccountRule] = MappingProxyType(
         Action.SHARE_TOKEN_LIST: AccountRule(),
         Action.SHARE_TOKEN_LIST_ALL: AccountRule(admin_only=True),
         Action.SHARE_TOKEN_REVOKE: AccountRule(owner_only=True),
+        # Disabling or enabling a person in authsvc (and so every credential they made).
+        Action.USER_DISABLE: AccountRule(admin_only=True),
     }
 )
 
@@ -725,3 +731,85 @@ def decide_share_creation(
     if not studies_visible:
         return Denied("a link may only name studies the actor can see")
     return Allowed("the actor may share what it sees")
+
+
+# --- credentials follow their maker's rights ---------------------------------------------------
+
+
+class CredentialKind(StrEnum):
+    """Credentials one person makes that others then use (see :func:`decide_credential_backing`)."""
+
+    UPLOAD_TOKEN = "upload-token"  # noqa: S105
+    ALBUM_READ_TOKEN = "album-read-token"  # noqa: S105
+    SHARE_LINK = "share-link"
+    API_KEY = "api-key"
+
+
+#: The action whose rule a maker must still pass for an album credential to keep working.
+_BACKING_ACTIONS: Mapping[CredentialKind, Action] = MappingProxyType(
+    {
+        CredentialKind.UPLOAD_TOKEN: Action.ALBUM_UPLOAD_TOKEN_CREATE,
+        CredentialKind.ALBUM_READ_TOKEN: Action.ALBUM_READ_TOKEN_CREATE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Maker:
+    """What authsvc knows *now* about the maker of a credential (absent facts deny).
+
+    * ``actor``: the maker as last seen (roles, admin), or a bare subject when authsvc has no
+      identity on record (no admin rights then); anonymous: the maker is unknown;
+    * ``disabled``: an admin disabled the maker in authsvc (or the service key is gone);
+    * ``album_exists`` / ``album_role``: for album credentials, the album is still there and
+      the maker's best role in it now (user, group or e-mail membership);
+    * ``permissions`` / ``studies_visible``: for share links, the maker's Orthanc permissions
+      now and whether the maker can still see every study the link names.
+    """
+
+    actor: Actor
+    disabled: bool = False
+    album_exists: bool = False
+    album_role: AlbumRole | None = None
+    permissions: frozenset[str] = frozenset()
+    studies_visible: bool = False
+
+
+def decide_credential_backing(
+    kind: CredentialKind, maker: Maker, *, token_type: str = ""
+) -> Decision:
+    """Return whether a credential still stands on its maker's rights (checked at every use).
+
+    A credential is worth what its maker could do *now*: an upload or album read token keeps
+    working while its maker may still make one on that album (the same rule as issuing it:
+    contributor for upload tokens, manager for read tokens; global admins while they are
+    admins); a share link made by a user while that user may still make it for those studies
+    (:func:`decide_share_creation`, ``token_type`` is the link's type); an API key while its
+    owner is not disabled. A disabled or unknown maker backs nothing; a deleted album ends
+    its tokens. The reasons are shown to admins and callers: they name no secret.
+    """
+    if not maker.actor.is_authenticated:
+        return Denied("its maker is unknown")
+    if maker.disabled:
+        return Denied("its maker is disabled")
+    if kind is CredentialKind.API_KEY:
+        return Allowed("its owner is not disabled")
+    action = _BACKING_ACTIONS.get(kind)
+    if action is not None:
+        if not maker.album_exists:
+            return Denied("its album was deleted")
+        if decide(maker.actor, action, album_role=maker.album_role):
+            return Allowed("its maker may still make it")
+        least = ALBUM_RULES[action].min_role
+        return Denied(f"its maker is no longer a {least} (or higher) of this album")
+    if kind is CredentialKind.SHARE_LINK:
+        decision = decide_share_creation(
+            maker.actor,
+            token_type,
+            permissions=maker.permissions,
+            studies_visible=maker.studies_visible,
+        )
+        if decision:
+            return Allowed("its maker may still share these studies")
+        return Denied(f"its maker may no longer make it ({decision.reason})")
+    return Denied("no rule for this credential")

@@ -22,6 +22,7 @@ from authsvc.authn import Authenticator
 from authsvc.authn import ProfileCache
 from authsvc.config import Settings
 from authsvc.identity import KeycloakVerifier
+from authsvc.makers import BackingCache
 from authsvc.metrics import DecisionCounters
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
@@ -57,6 +58,8 @@ class Services:
     study_labels: StudyLabelCache = dataclasses.field(default_factory=StudyLabelCache)
     #: Principal -> {album label: role} for the gate and album DICOMweb (a few seconds).
     album_roles: RoleCache = dataclasses.field(default_factory=RoleCache)
+    #: Does a credential still stand on its maker's rights? (a few seconds, per process)
+    makers: BackingCache = dataclasses.field(default_factory=BackingCache)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -93,6 +96,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             else None
         ),
     )
+    app.extensions["authsvc"].makers = BackingCache(ttl=cache_ttl)
     app.extensions["authsvc"].study_labels.listen_to(orthanc)
 
 

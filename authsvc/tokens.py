@@ -209,12 +209,34 @@ class ShareTokenService:
             return Denied(f"token refused: {exc.code}")
         if not resources_match(claims, resource):
             return Denied("the token does not cover this resource")
+        backing = self.maker_backing(claims, request.labels)
+        if not backing:
+            return Denied(f"share link suspended: {backing.reason}")
         kind = (
             TokenKind.INSTANT_LINK
             if claims.token_type in INSTANT_LINK_TYPES
             else TokenKind.SHARE_LINK
         )
         return decide_token_access(kind, None, request.method)
+
+    def maker_backing(self, claims: ShareTokenClaims, labels: Iterable[str]) -> Decision:
+        """Return whether a link's maker may still make it for a study with these labels.
+
+        Only links made for a signed-in user (``iss`` ``user:<sub>``) have a maker; the
+        refusal is audited (throttled) with the link's id, never the link itself.
+        """
+        from authsvc import makers
+        from authsvc.policy import CredentialKind
+
+        backing = makers.share_link_backing(claims.issuer, claims.token_type.value, labels)
+        if not backing and claims.token_id is not None:
+            makers.audit_refusal(
+                CredentialKind.SHARE_LINK,
+                claims.token_id,
+                f"share-token:{claims.token_id}",
+                backing.reason,
+            )
+        return backing
 
     # -- C5 ---------------------------------------------------------------------------------------
 

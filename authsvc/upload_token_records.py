@@ -27,10 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from authsvc import audit
+from authsvc import makers
 from authsvc.albums import Caller
 from authsvc.albums import album_role
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.errors import CredentialSuspended
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -43,6 +45,7 @@ from authsvc.models import UploadToken
 from authsvc.models import utcnow
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole
+from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import Target
@@ -57,8 +60,10 @@ __all__ = [
     "IssuedToken",
     "TokenLimits",
     "authorize",
+    "backing_of",
     "issue",
     "list_tokens",
+    "listed_json",
     "release_use",
     "revoke",
     "token_json",
@@ -84,8 +89,14 @@ class IssuedToken:
     token: str
 
 
-def token_json(row: UploadToken, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Return the public description of a token row (never the token itself)."""
+def token_json(
+    row: UploadToken, *, now: dt.datetime | None = None, backing: Decision | None = None
+) -> dict[str, Any]:
+    """Return the public description of a token row (never the token itself).
+
+    ``backing``: whether its maker still backs it (:func:`backing_of`); a refusal makes an
+    otherwise active token ``suspended``, with the ``reason`` in words.
+    """
     now = now or utcnow()
     if row.revoked_at is not None:
         state = "revoked"
@@ -93,12 +104,15 @@ def token_json(row: UploadToken, *, now: dt.datetime | None = None) -> dict[str,
         state = "expired"
     elif row.max_uses is not None and row.use_count >= row.max_uses:
         state = "used-up"
+    elif backing is not None and not backing:
+        state = "suspended"
     else:
         state = "active"
     return {
         "id": row.id,
         "album_id": row.album_id,
         "state": state,
+        "reason": backing.reason if state == "suspended" and backing is not None else None,
         "created_by": row.created_by,
         "created_at": row.created_at.isoformat(),
         "expires_at": row.expires_at.isoformat(),
@@ -108,6 +122,22 @@ def token_json(row: UploadToken, *, now: dt.datetime | None = None) -> dict[str,
         "max_uses": row.max_uses,
         "note": row.note,
     }
+
+
+def backing_of(row: UploadToken, album: Album | None) -> Decision:
+    """Return whether the token's maker still backs it (see :mod:`authsvc.makers`)."""
+    return makers.album_credential_backing(
+        CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
+    )
+
+
+def listed_json(row: UploadToken, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Return :func:`token_json` with the maker check done for tokens still in force."""
+    now = now or utcnow()
+    backing = None
+    if row.revoked_at is None and row.expires_at > now:
+        backing = backing_of(row, db.session.get(Album, row.album_id))
+    return token_json(row, now=now, backing=backing)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -352,6 +382,15 @@ def authorize(
         raise TokenRevoked("This upload token is no longer valid.")
     if row.revoked_at is not None:
         raise TokenRevoked("This upload token has been revoked.")
+    backing = makers.album_credential_backing(
+        CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
+    )
+    if not backing:
+        db.session.rollback()
+        makers.audit_refusal(
+            CredentialKind.UPLOAD_TOKEN, row.id, f"album:{album.id}", backing.reason
+        )
+        raise CredentialSuspended(f"This upload token no longer works: {backing.reason}.")
     reserved = db.session.execute(
         sa.update(UploadToken)
         .where(

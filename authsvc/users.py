@@ -36,27 +36,35 @@ class UserDirectory:
     def __init__(self, *, remember_every: float = 3600.0) -> None:
         """Start with an empty per-process memory of recent writes."""
         self._remember_every = remember_every
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, Identity]] = {}
         self._lock = threading.Lock()
 
     def remember(self, identity: Identity) -> None:
-        """Record a Keycloak user or service account (throttled per process)."""
+        """Record a Keycloak user or service account (throttled per process).
+
+        The identity itself (roles, groups) is kept too: the credentials this person made are
+        checked against it (:mod:`authsvc.makers`). A changed identity is written at once,
+        an unchanged one at most once per ``remember_every`` seconds.
+        """
+        from authsvc.admin_sessions import identity_to_json
+
         if identity.kind not in (IdentityKind.USER, IdentityKind.SERVICE):
             return
         now = time.monotonic()
         with self._lock:
             last = self._seen.get(identity.subject)
-            if last is not None and now - last < self._remember_every:
+            if last is not None and now - last[0] < self._remember_every and last[1] == identity:
                 return
             if len(self._seen) > 100_000:
                 self._seen.clear()
-            self._seen[identity.subject] = now
+            self._seen[identity.subject] = (now, identity)
         # Same normalisation as admin_sessions.remember_user: one table, one meaning.
         values = {
             "username": (identity.username or identity.subject).lower(),
             "name": identity.name or identity.username,
             "email": identity.email.lower() if identity.email and identity.email_verified else None,
             "last_seen_at": utcnow(),
+            "identity": identity_to_json(identity),
         }
         try:
             self._upsert(identity.subject, values)

@@ -71,6 +71,9 @@ def current_identity() -> Identity:
         g.authsvc_identity_error = exc
         raise
     g.authsvc_identity = identity
+    if not identity.is_anonymous:
+        # Who made a credential is checked against their last identity seen (authsvc.makers).
+        services().users.remember(identity)
     return identity
 
 

@@ -399,3 +399,56 @@ def roles_history() -> Response:
         for h in services().roles.history()
     ]
     return jsonify(items=items)
+
+
+# --- people: disable / enable in authsvc ----------------------------------------------------------
+
+_SUBJECT_MAX = 255
+
+
+def _person_json(row: Any) -> dict[str, Any]:
+    return {
+        "subject": row.subject,
+        "username": row.username,
+        "name": row.name,
+        "disabled": row.disabled_at is not None,
+        "disabled_at": row.disabled_at.isoformat() if row.disabled_at else None,
+        "disabled_by": row.disabled_by,
+        "last_seen_at": row.last_seen_at.isoformat(),
+    }
+
+
+def _set_disabled(subject: str, *, disabled: bool) -> Response:
+    from authsvc import makers
+
+    identity = require_identity()
+    _enforce(decide(current_actor(), Action.USER_DISABLE))
+    if not subject or len(subject) > _SUBJECT_MAX or not subject.isprintable():
+        raise ValidationFailed(details=[{"field": "subject", "message": "not a subject"}])
+    if subject == identity.subject and disabled:
+        raise Conflict("Admins cannot disable themselves.")
+    row = makers.set_disabled(subject, disabled=disabled, actor=actor_tag(identity))
+    db.session.commit()
+    svc = services()
+    svc.makers.clear()
+    svc.authenticator.api_keys.clear()
+    return jsonify(_person_json(row))
+
+
+@bp.post("/users/<path:subject>/disable")
+def disable_user(subject: str) -> Response:
+    """Disable a person in authsvc (admins): every credential they made stops, and their
+    sign-in to the admin pages. Their Keycloak account is not touched (disable it there too).
+
+    :raise 403: not an admin, or an API key. :raise 409: one's own account. :raise 422.
+    """
+    return _set_disabled(subject, disabled=True)
+
+
+@bp.post("/users/<path:subject>/enable")
+def enable_user(subject: str) -> Response:
+    """Enable a person again (admins): their credentials still in force work again.
+
+    :raise 403: not an admin. :raise 404: authsvc does not know this person.
+    """
+    return _set_disabled(subject, disabled=False)

@@ -149,7 +149,10 @@ def _token_caller(token: str) -> Caller:
 
     def covers(study: StudyFacts) -> bool:
         wanted = ShareResource(ResourceLevel.STUDY, study.study_id, study.study_uid or None)
-        return resources_match(claims, wanted)
+        if not resources_match(claims, wanted):
+            return False
+        # The link stands on its maker's rights: still allowed to share this study?
+        return bool(svc.share_tokens.maker_backing(claims, study.labels))
 
     return Caller(Actor(""), token_kind=kind, token_covers=covers)
 

@@ -81,7 +81,7 @@ def list_tokens(album_id: str) -> Response:
     """List the album's read tokens (never the token texts)."""
     identity = require_identity()
     rows = album_access.list_read_tokens(current_actor(), album_id, _role(identity, album_id))
-    return jsonify({"items": [album_access.read_token_json(row) for row in rows]})
+    return jsonify({"items": [album_access.read_token_json(row, with_state=True) for row in rows]})
 
 
 @bp.delete("/<token_id>")

@@ -32,6 +32,7 @@ EXPECTED_FOR_USER = {
     Action.SHARE_TOKEN_LIST: (True, True),
     Action.SHARE_TOKEN_LIST_ALL: (False, False),
     Action.SHARE_TOKEN_REVOKE: (True, False),
+    Action.USER_DISABLE: (False, False),
 }
 
 
