@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_OUT = ROOT / "build" / "bench"
 SUITES = [
     "tests/functional/test_attacks.py",
+    "tests/functional/test_attacks_credentials.py",
     "tests/functional/test_fuzz.py",
     "tests/integration/test_faults.py",
     "tests/integration/test_scale_out.py",
@@ -49,6 +50,8 @@ FAMILIES = {
     "foreign key, unknown-kid flood",
     "tamper": "every character of every token kind changed (read, share, API key, JWT, upload)",
     "replay": "revoked read/upload/share tokens and API keys on every path",
+    "lifecycle": "credentials whose maker lost the right: removed, demoted, album deleted, "
+    "owner disabled, share-link maker no longer sees the study",
     "injection": "hostile album names (labels, paths, markup, SQL)",
     "paths": "gate path tricks: .., %2F, //, case, trailing dots, query-string tokens",
     "bodies": "oversized and deeply nested bodies",
