@@ -285,6 +285,12 @@ def _safe_next(value: str | None) -> str:
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not parts.path.startswith("/admin") or "\\" in value:
         return url_for("admin.index")
+    # A CR/LF (or any control character) cannot go into a Location header: Werkzeug refuses it
+    # with a 500. Dot segments would leave /admin once the browser resolves them.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or any(
+        segment in (".", "..") for segment in parts.path.split("/")
+    ):
+        return url_for("admin.index")
     return value
 
 

@@ -158,3 +158,68 @@ def test_admin_pages_cannot_be_framed_sniffed_or_cached(
         assert headers.get("X-Content-Type-Options") == "nosniff", what
         assert headers.get("Referrer-Policy") == "same-origin", what
         assert headers.get("Cache-Control") == "no-store", what
+
+
+# --- admin pages: where the sign-in returns to, and CSRF on every state-changing route ----------
+
+
+@pytest.mark.parametrize(
+    ("next_value", "location"),
+    [
+        ("/admin%0d%0aX-Injected:%201", "/admin/"),  # was a 500 (Werkzeug refuses the header)
+        ("/admin/albums%0a", "/admin/"),
+        ("/admin/../..//evil.test", "/admin/"),  # leaves /admin once the browser resolves it
+        ("/admin/%2e%2e/orthanc/", "/admin/"),
+        ("//evil.test/admin", "/admin/"),
+        ("https://evil.test/admin", "/admin/"),
+        ("/%5cevil.test", "/admin/"),
+        ("/admin/albums?sort=name", "/admin/albums?sort=name"),  # the control: a local page
+    ],
+)
+def test_sign_in_returns_only_to_plain_admin_paths(
+    app: Flask,
+    mock: Any,  # noqa: F811 - the fixture imported above
+    next_value: str,
+    location: str,
+) -> None:
+    client = sign_in(app, ALICE)
+    response = client.get(f"/admin/login?next={next_value}")
+    assert response.status_code == 302
+    assert response.headers["Location"] == location
+
+
+def test_every_state_changing_admin_route_needs_the_csrf_token(
+    app: Flask,
+    orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Not only the forms the pages show: every route under /admin that is not GET/HEAD/OPTIONS
+    refuses a request without the session's token, before the view runs."""
+    client = sign_in(app, ALICE)
+    checked = []
+    for rule in app.url_map.iter_rules():
+        unsafe = (rule.methods or set()) - {"GET", "HEAD", "OPTIONS"}
+        if not rule.rule.startswith("/admin") or not unsafe:
+            continue
+        path = rule.rule
+        for argument, converter in rule._converters.items():
+            value = "1" if type(converter).__name__ == "IntegerConverter" else "x1"
+            path = path.replace(f"<{argument}>", value)
+            path = path.replace(f"<{type(converter).__name__}:{argument}>", value)
+            path = path.replace(f"<int:{argument}>", value)
+        for method in sorted(unsafe):
+            form = {"name": "csrf probe", "file": (io.BytesIO(b"\0" * 128 + b"DICM"), "a.dcm")}
+            response = client.open(path, method=method, data=form)
+            if rule.endpoint.startswith("admin."):
+                # The admin blueprint's before_request refuses before the view runs.
+                assert response.status_code == 403, (method, path, response.status_code)
+            else:
+                # A streaming route of its own (the browser upload) checks the token itself.
+                assert response.status_code >= 400, (method, path, response.status_code)
+            checked.append((method, rule.rule))
+    assert len(checked) >= 18, checked  # every album, token, key, roles and sign-out form
+    assert not [call for call in orthanc.calls if call[0] != "GET"]
+    with app.app_context():
+        from authsvc.extensions import db
+        from authsvc.models import Album
+
+        assert db.session.query(Album).count() == 0
