@@ -403,8 +403,14 @@ def idp_token_lifetime(idp: services.IdpService, seconds: int) -> Iterator[None]
 
 
 @contextlib.contextmanager
-def running_stack(state: Path) -> Iterator[PluginStack]:
-    """Start the stack under ``state``, seed the studies, and stop everything afterwards."""
+def running_stack(
+    state: Path, env_overrides: Mapping[str, str] | None = None
+) -> Iterator[PluginStack]:
+    """Start the stack under ``state``, seed the studies, and stop everything afterwards.
+
+    ``env_overrides`` replaces AUTHSVC_* settings of :func:`authsvc_environment` (e.g. the
+    public OHIF root of tests/integration/test_ohif.py).
+    """
     stack_parts: list[services.Service] = []
     try:
         postgres = services.start_private_postgres()
@@ -419,6 +425,7 @@ def running_stack(state: Path) -> Iterator[PluginStack]:
             orthanc_url=f"http://127.0.0.1:{orthanc_port}",
             nginx_port=nginx_port,
         )
+        env.update(env_overrides or {})
         init_db(env)
         # Before Orthanc: see the module docstring.
         authsvc = start_authsvc(state / "authsvc", authsvc_port, env)

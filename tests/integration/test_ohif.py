@@ -1,0 +1,416 @@
+"""OHIF 3 (the real ``@ohif/app`` 3.13 build) in Chromium, through each way authsvc serves it.
+
+The viewer is served by its own nginx (tests/integration/ohif_site.py) at the root of one
+origin, which proxies DICOMweb and the API to the stack under test, so the browser talks to one
+origin. Each scenario checks what a person would: the study list shows exactly the album's
+studies, a study opens and its image is drawn (pixels read back from OHIF's viewport canvas), a
+study of another album never appears.
+
+Scenarios (one stack for the first three: authsvc under gunicorn, nginx/gate.conf.template in
+front of a stock Orthanc, the test IdP):
+
+* an album's own DICOMweb root with a member's Keycloak token and with an album read token;
+* the gate: OHIF searches the album root (QIDO) and retrieves through the gate from the stock
+  Orthanc (WADO); a revoked read token stops opening studies within gate_cache_seconds;
+* an OHIF share link made through the real plugin's ``PUT /tokens/ohif-viewer-publication``
+  (tests/integration/plugin_stack.py), opened anonymously.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+
+from authsvc import albums
+from authsvc import create_app
+from authsvc.database import init_db
+from authsvc.extensions import db
+from authsvc.policy import Actor
+from authsvc.sealing import generate_key
+from tests import deploy_kit
+from tests import services
+from tests.dicom_factory import make_study
+from tests.integration import ohif_site
+
+INSECURE_SECRET = "insecure-ohif-test-secret-key-0123456789abcdef"
+#: How long the gate's nginx may reuse a "yes" (README: a revocation reaches the gate within it).
+GATE_CACHE_SECONDS = 2
+#: Slack on top of every bound, for a loaded 2-core machine.
+SLACK = 5.0
+#: How long OHIF may take to show a list or draw an image on this machine.
+UI_TIMEOUT_MS = 60_000
+IMAGE_SIZE = 128
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+@dataclass
+class Study:
+    """One study stored in Orthanc for these tests."""
+
+    id: str
+    uid: str
+    description: str
+
+
+@dataclass
+class Stack:
+    """authsvc, the gate's nginx, the stock Orthanc, the IdP, and OHIF's site in front."""
+
+    gate: str  # the gate's nginx
+    site: ohif_site.OhifSite
+    orthanc: services.OrthancService
+    idp: services.IdpService
+    album_a: str
+    album_b: str
+    studies: dict[str, Study]
+    tokens: dict[str, str]
+    requests_seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def read_token(self, album: str) -> tuple[str, str]:
+        """Create an album read token as alice (manager); return (id, token)."""
+        created = requests.post(
+            f"{self.gate}/api/albums/{album}/read-tokens",
+            json={"lifetime": 3600, "note": "OHIF test"},
+            headers=self.auth("alice"),
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        return created.json()["id"], created.json()["token"]
+
+
+def _store(orthanc: services.OrthancService, description: str) -> Study:
+    instances = make_study(
+        n_series=1, n_instances=3, study_description=description, size=IMAGE_SIZE
+    )
+    answer: dict[str, Any] = {}
+    for blob in instances:
+        stored = requests.post(f"{orthanc.url}/instances", data=blob, timeout=30)
+        stored.raise_for_status()
+        answer = stored.json()
+    ds = pydicom.dcmread(io.BytesIO(instances[-1]))
+    return Study(answer["ParentStudy"], str(ds.StudyInstanceUID), description)
+
+
+def _subject(token: str) -> str:
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["sub"])
+
+
+def _until(check: Callable[[], bool], limit: float, what: str) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < limit, f"{what}: not seen within {limit:.1f}s"
+        time.sleep(0.25)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    orthanc: services.OrthancService,
+    idp: services.IdpService,
+) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("ohif")
+    authsvc_port, gate_port, site_port = (services.free_port() for _ in range(3))
+    settings = {
+        "env": "testing",
+        "data_dir": str(state / "data"),
+        "secret_key": INSECURE_SECRET,
+        "orthanc_url": orthanc.url,
+        "oidc_issuer": idp.issuer,
+        "oidc_client_id": "authsvc",
+        "admin_roles": "admin",
+        "upload_token_keys": generate_key("it"),
+        # Two nginx in front (OHIF's site, then the gate's).
+        "proxy_count": "2",
+        "gate_cache_seconds": str(GATE_CACHE_SECONDS),
+        "threads": "4",
+    }
+    app = create_app(settings)
+    with app.app_context():
+        init_db(db.engine)
+    server = services.start_gunicorn_app(
+        state / "authsvc",
+        authsvc_port,
+        {f"AUTHSVC_{key.upper()}": value for key, value in settings.items()},
+    )
+    gate = deploy_kit.start_nginx_templates(
+        state / "gate",
+        gate_port,
+        {
+            "gate.conf.template": {
+                "GATE_LISTEN": f"127.0.0.1:{gate_port}",
+                "SERVER_NAME": "_",
+                "AUTHSVC_UPSTREAM": f"127.0.0.1:{authsvc_port}",
+                "ORTHANC_UPSTREAM": f"127.0.0.1:{orthanc.port}",
+                "KEYCLOAK_UPSTREAM": f"127.0.0.1:{idp.port}",
+            }
+        },
+        ready_path="/app/explorer.html",
+    )
+    gate_url = f"http://127.0.0.1:{gate_port}"
+    site = ohif_site.start_ohif_site(
+        state / "site",
+        site_port,
+        "/dicom-web",
+        {"/dicom-web/": gate_url, "/api/": gate_url},
+    )
+    tokens = {u: idp.password_token(u)["access_token"] for u in ("alice", "bob", "carol")}
+    studies = {
+        "A1": _store(orthanc, "OHIF album A one"),
+        "A2": _store(orthanc, "OHIF album A two"),
+        "B": _store(orthanc, "OHIF album B only"),
+    }
+    with app.app_context():
+        admin = albums.Caller(Actor(_subject(tokens["bob"]), is_global_admin=True))
+        album_a = albums.create_album(admin, "OHIF album A").album.id
+        album_b = albums.create_album(admin, "OHIF album B").album.id
+        albums.add_studies(admin, album_a, [studies["A1"].id, studies["A2"].id])
+        albums.add_studies(admin, album_b, [studies["B"].id])
+        albums.invite_member(admin, album_a, "user", _subject(tokens["carol"]), "viewer")
+        albums.invite_member(admin, album_a, "user", _subject(tokens["alice"]), "manager")
+    try:
+        yield Stack(gate_url, site, orthanc, idp, album_a, album_b, studies, tokens)
+    finally:
+        site.stop()
+        gate.stop()
+        server.stop()
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def context(chromium_browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies, no storage) per test."""
+    ctx = chromium_browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@dataclass
+class Page:
+    """A browser page, and what it logged and asked for (for assertions and failure reports)."""
+
+    page: Any
+    log: list[str] = field(default_factory=list)
+    dicomweb: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def goto(self, url: str) -> None:
+        self.started = time.monotonic()
+        self.page.goto(url)
+
+    def statuses(self, fragment: str) -> list[int]:
+        """Return the HTTP statuses of the DICOMweb answers whose URL contains ``fragment``."""
+        return [r["status"] for r in self.dicomweb if fragment in r["url"] and "status" in r]
+
+    def report(self) -> str:
+        lines = [*self.log[-30:]]
+        lines += [f"{r.get('status')} {r['method']} {r['url'][:160]}" for r in self.dicomweb[-30:]]
+        return "\n".join(lines)
+
+
+def _open(context: Any) -> Page:
+    """Open a page that records its console and every DICOMweb request and answer."""
+    page = Page(context.new_page())
+
+    def requested(request: Any) -> None:
+        if "/dicom-web/" in request.url:
+            page.dicomweb.append(
+                {
+                    "method": request.method,
+                    "url": request.url,
+                    "t": round(time.monotonic() - page.started, 4),
+                    "request": request,
+                }
+            )
+
+    def answered(response: Any) -> None:
+        for entry in page.dicomweb:
+            if entry["request"] is response.request:
+                entry["status"] = response.status
+
+    page.page.on("console", lambda m: page.log.append(f"console {m.type}: {m.text[:300]}"))
+    page.page.on("request", requested)
+    page.page.on("response", answered)
+    return page
+
+
+def _study_list(page: Page, stack: Stack) -> set[str]:
+    """Return which of the stack's studies OHIF's study list shows (by description)."""
+    try:
+        page.page.get_by_text(stack.studies["A1"].description).first.wait_for()
+    except Exception as exc:
+        raise AssertionError(f"no study list:\n{page.report()}") from exc
+    text = page.page.locator("body").inner_text()
+    return {name for name, study in stack.studies.items() if study.description in text}
+
+
+def _wait_rendered(page: Page) -> dict[str, Any]:
+    """Wait until OHIF's viewport shows an image; return the canvas statistics."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    stats = None
+    while time.monotonic() < deadline:
+        stats = ohif_site.canvas_stats(page.page)
+        if ohif_site.rendered(stats):
+            return stats  # type: ignore[return-value]
+        page.page.wait_for_timeout(250)
+    raise AssertionError(f"OHIF drew no image; canvas: {stats}\n{page.report()}")
+
+
+def _refused(page: Page, study_uid: str, statuses: set[int]) -> None:
+    """Wait until OHIF's first request below ``studies/<uid>`` came back refused (one of
+    ``statuses``); check that no request below it succeeded and that no image shows."""
+    fragment = f"/studies/{study_uid}"
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while not set(page.statuses(fragment)) & statuses:
+        assert time.monotonic() < deadline, f"no refusal for {fragment}:\n{page.report()}"
+        page.page.wait_for_timeout(250)
+    assert not any(s == 200 for s in page.statuses(fragment)), page.report()
+    assert not ohif_site.rendered(ohif_site.canvas_stats(page.page)), page.report()
+
+
+def _dismiss_tour(page: Page) -> None:
+    """Close OHIF's first-visit tour, so screenshots show the image."""
+    skip = page.page.get_by_text("Skip all")
+    if skip.count():
+        skip.first.click()
+
+
+def _shot(page: Page, name: str) -> None:
+    """Save a screenshot for the README when UPDATE_SCREENSHOTS=1."""
+    if ohif_site.screenshots_wanted():
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        _dismiss_tour(page)
+        page.page.wait_for_timeout(500)
+        page.page.screenshot(path=str(SCREENSHOTS / name))
+
+
+# --- album DICOMweb ----------------------------------------------------------------------------
+
+
+def test_member_sees_the_album_in_the_study_list_and_opens_a_study(
+    stack: Stack, context: Any
+) -> None:
+    stack.site.configure(f"/dicom-web/albums/{stack.album_a}")
+    # Stands in for OHIF's own OIDC sign-in: the member's Keycloak token on every request.
+    context.set_extra_http_headers(stack.auth("carol"))
+    page = _open(context)
+    page.goto(f"{stack.site.url}/")
+    assert _study_list(page, stack) == {"A1", "A2"}
+    page.page.get_by_text("OHIF album A two").first.wait_for()
+    _shot(page, "ohif-study-list.png")
+
+    a1 = stack.studies["A1"]
+    page.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={a1.uid}")
+    stats = _wait_rendered(page)
+    assert stats["width"] >= 200 and stats["height"] >= 200
+    # Every DICOMweb call went to the album root and was answered.
+    assert page.dicomweb and all(
+        f"/dicom-web/albums/{stack.album_a}/" in r["url"] for r in page.dicomweb
+    )
+    assert all(r.get("status") in (200, 204, None) for r in page.dicomweb), page.report()
+    _shot(page, "ohif-album-study.png")
+
+
+def test_member_of_another_album_sees_nothing_of_this_one(stack: Stack, context: Any) -> None:
+    # carol is no member of album B: its root does not exist for her, and A's study is not B's.
+    stack.site.configure(f"/dicom-web/albums/{stack.album_b}")
+    context.set_extra_http_headers(stack.auth("carol"))
+    page = _open(context)
+    page.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}")
+    _refused(page, stack.studies["B"].uid, {404})
+
+
+def test_read_token_opens_its_album_and_nothing_else(stack: Stack, context: Any) -> None:
+    _, token = stack.read_token(stack.album_a)
+    stack.site.configure(f"/dicom-web/albums/{stack.album_a}")
+    # The study list with the token as a header; the viewer with OHIF's own ?token=.
+    listing = context.new_page()
+    listing.set_extra_http_headers({"Authorization": f"Bearer {token}"})
+    listed = Page(listing)
+    listed.goto(f"{stack.site.url}/")
+    assert _study_list(listed, stack) == {"A1", "A2"}
+    listing.close()
+
+    a2 = stack.studies["A2"]
+    page = _open(context)
+    page.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={a2.uid}&token={token}")
+    _wait_rendered(page)
+    # OHIF took the token out of the address bar and sent it as a bearer token.
+    assert "token=" not in page.page.url
+
+    # The same token on album B's root, for B's study: refused, nothing drawn.
+    stack.site.configure(f"/dicom-web/albums/{stack.album_b}")
+    other = _open(context)
+    other.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
+    _refused(other, stack.studies["B"].uid, {404})
+    # And B's study asked for at A's root: not in the album, refused.
+    stack.site.configure(f"/dicom-web/albums/{stack.album_a}")
+    probe = _open(context)
+    probe.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
+    _refused(probe, stack.studies["B"].uid, {404})
+
+
+# --- the gate in front of a stock Orthanc ------------------------------------------------------
+
+
+def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any) -> None:
+    token_id, token = stack.read_token(stack.album_a)
+    # Everything through the gate: OHIF reads the stock Orthanc's own DICOMweb root.
+    stack.site.configure("/dicom-web")
+    a1 = stack.studies["A1"]
+    viewer = f"{stack.site.url}/viewer?StudyInstanceUIDs={a1.uid}&token={token}"
+    page = _open(context)
+    page.goto(viewer)
+    _wait_rendered(page)
+    assert all("/dicom-web/albums/" not in r["url"] for r in page.dicomweb)
+    # A study of another album, through the gate with the same token: refused.
+    other = _open(context)
+    other.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
+    _refused(other, stack.studies["B"].uid, {403})
+
+    revoked = requests.delete(
+        f"{stack.gate}/api/albums/{stack.album_a}/read-tokens/{token_id}",
+        headers=stack.auth("alice"),
+        timeout=30,
+    )
+    assert revoked.status_code == 200
+
+    def cannot_open() -> bool:
+        attempt = _open(context)
+        attempt.goto(viewer)
+        deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            statuses = attempt.statuses(a1.uid)
+            if 401 in statuses:
+                attempt.page.close()
+                return True
+            if ohif_site.rendered(ohif_site.canvas_stats(attempt.page)):
+                attempt.page.close()
+                return False
+            attempt.page.wait_for_timeout(250)
+        raise AssertionError(f"neither an image nor a refusal:\n{attempt.report()}")
+
+    # README: a revocation reaches the gate within gate_cache_seconds.
+    _until(cannot_open, GATE_CACHE_SECONDS + SLACK, "revoked read token refused through the gate")
