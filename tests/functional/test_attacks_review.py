@@ -17,6 +17,9 @@ from flask import Flask
 
 from authsvc import logs
 from authsvc import uploads
+from authsvc.orthanc_routes import Capability
+from authsvc.policy import TokenKind
+from authsvc.policy import decide_token_access
 from authsvc.sealing import KeyRing
 from authsvc.sealing import Purpose
 from authsvc.sealing import generate_key
@@ -223,3 +226,38 @@ def test_every_state_changing_admin_route_needs_the_csrf_token(
         from authsvc.models import Album
 
         assert db.session.query(Album).count() == 0
+
+
+# --- policy: read tokens read, whatever the method or the route says ------------------------------
+
+_READ_KINDS = [TokenKind.SHARE_LINK, TokenKind.INSTANT_LINK, TokenKind.ALBUM_READ]
+
+
+@pytest.mark.parametrize("kind", list(TokenKind))
+@pytest.mark.parametrize(
+    "method", ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", ""]
+)
+@pytest.mark.parametrize("capability", list(Capability))
+def test_read_tokens_only_ever_read_through_the_gate(
+    kind: TokenKind, method: str, capability: Capability
+) -> None:
+    """The gate path: the client's real method (upper case, as nginx sends it) and the route's
+    capability must both be a read; upload tokens never pass; a lower-case or empty method is
+    not a read."""
+    decision = decide_token_access(kind, method, None, capability=capability)
+    expected = kind in _READ_KINDS and method in ("GET", "HEAD") and capability is Capability.READ
+    assert bool(decision) is expected, decision.reason
+
+
+@pytest.mark.parametrize("kind", list(TokenKind))
+@pytest.mark.parametrize("method", ["get", "post", "put", "delete", "GET", "POST", "", "patch"])
+@pytest.mark.parametrize("allow_post", [True, False])
+def test_read_tokens_only_ever_read_through_the_plugin(
+    kind: TokenKind, method: str, allow_post: bool
+) -> None:
+    """The plugin path (its lower-case ``method`` field): get, and post only for the plugin's
+    own lookup when allowed; nothing for upload tokens or without a method."""
+    decision = decide_token_access(kind, None, method, allow_internal_post=allow_post)
+    expected = kind in _READ_KINDS and (method == "get" or (method == "post" and allow_post))
+    assert bool(decision) is expected, decision.reason
+    assert not decide_token_access(kind, None, None)
