@@ -481,6 +481,9 @@
     if (busy || !items.length) {
       return;
     }
+    // The File objects stay readable; emptied inputs mean the next choice starts afresh.
+    filesInput.value = "";
+    folderInput.value = "";
     upload(items).catch(function (error) {
       busy = false;
       submit.disabled = false;
