@@ -106,6 +106,25 @@ def test_zip_listing_more_entries_than_the_upload_may_hold_is_refused_before_par
     assert store.bodies == 10
 
 
+def test_zip_member_names_are_never_paths_and_archives_in_archives_stay_packed() -> None:
+    """Zip slip and nested bombs: a member named ``../../x`` is stored from memory and only
+    reported by name; an archive inside the archive is skipped, never unpacked."""
+    (instance,) = make_study(n_instances=1)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("deep.dcm", b"\0" * 1_000_000)  # a million zero bytes, deflated
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("../../../tmp/authsvc-zip-slip.dcm", instance)
+        archive.writestr("inner.zip", inner.getvalue())
+    result, store = _ingest_zip(outer.getvalue(), UploadLimits(max_bytes=10**9, max_instances=10))
+    assert [(i.name, i.status) for i in result.instances] == [
+        ("../../../tmp/authsvc-zip-slip.dcm", "stored"),
+        ("inner.zip", "skipped"),
+    ]
+    assert store.bodies == 1
+
+
 # --- logs: authsvc's own sealed tokens --------------------------------------------------------
 
 
