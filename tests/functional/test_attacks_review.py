@@ -72,7 +72,7 @@ def _zip_of_directories(count: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_zip_listing_more_entries_than_the_upload_may_hold_is_refused_before_parsing(
+def test_bodies_zip_directory_larger_than_the_item_limit_needs_is_refused_before_parsing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Directories never count as items, and zipfile holds its whole directory in memory (about
@@ -106,7 +106,7 @@ def test_zip_listing_more_entries_than_the_upload_may_hold_is_refused_before_par
     assert store.bodies == 10
 
 
-def test_zip_member_names_are_never_paths_and_archives_in_archives_stay_packed() -> None:
+def test_bodies_zip_member_names_are_never_paths_and_nested_archives_stay_packed() -> None:
     """Zip slip and nested bombs: a member named ``../../x`` is stored from memory and only
     reported by name; an archive inside the archive is skipped, never unpacked."""
     (instance,) = make_study(n_instances=1)
@@ -129,7 +129,7 @@ def test_zip_member_names_are_never_paths_and_archives_in_archives_stay_packed()
 
 
 @pytest.mark.parametrize("purpose", list(Purpose))
-def test_sealed_tokens_are_masked_in_log_lines(purpose: Purpose) -> None:
+def test_secrets_sealed_tokens_are_masked_in_log_lines(purpose: Purpose) -> None:
     """The redacting filter knew JWTs, API keys and ``token=`` pairs, but not a bare upload,
     album read or share token (``up1.…``, ``ar1.…``, ``sh1.…``), e.g. quoted by an exception."""
     ring = KeyRing.from_text(generate_key("review1"))
@@ -156,7 +156,7 @@ def test_sealed_tokens_are_masked_in_log_lines(purpose: Purpose) -> None:
 # --- admin pages: framing, sniffing, caching ------------------------------------------------------
 
 
-def test_admin_pages_cannot_be_framed_sniffed_or_cached(
+def test_session_admin_pages_cannot_be_framed_sniffed_or_cached(
     db_app: Flask,
     orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
 ) -> None:
@@ -198,7 +198,7 @@ def test_admin_pages_cannot_be_framed_sniffed_or_cached(
         ("/admin/albums?sort=name", "/admin/albums?sort=name"),  # the control: a local page
     ],
 )
-def test_sign_in_returns_only_to_plain_admin_paths(
+def test_session_sign_in_returns_only_to_plain_admin_paths(
     app: Flask,
     mock: Any,  # noqa: F811 - the fixture imported above
     next_value: str,
@@ -210,7 +210,7 @@ def test_sign_in_returns_only_to_plain_admin_paths(
     assert response.headers["Location"] == location
 
 
-def test_every_state_changing_admin_route_needs_the_csrf_token(
+def test_csrf_every_state_changing_admin_route_needs_the_token(
     app: Flask,
     orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
 ) -> None:
@@ -257,7 +257,7 @@ _READ_KINDS = [TokenKind.SHARE_LINK, TokenKind.INSTANT_LINK, TokenKind.ALBUM_REA
     "method", ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", ""]
 )
 @pytest.mark.parametrize("capability", list(Capability))
-def test_read_tokens_only_ever_read_through_the_gate(
+def test_confusion_read_tokens_only_ever_read_through_the_gate(
     kind: TokenKind, method: str, capability: Capability
 ) -> None:
     """The gate path: the client's real method (upper case, as nginx sends it) and the route's
@@ -271,7 +271,7 @@ def test_read_tokens_only_ever_read_through_the_gate(
 @pytest.mark.parametrize("kind", list(TokenKind))
 @pytest.mark.parametrize("method", ["get", "post", "put", "delete", "GET", "POST", "", "patch"])
 @pytest.mark.parametrize("allow_post", [True, False])
-def test_read_tokens_only_ever_read_through_the_plugin(
+def test_confusion_read_tokens_only_ever_read_through_the_plugin(
     kind: TokenKind, method: str, allow_post: bool
 ) -> None:
     """The plugin path (its lower-case ``method`` field): get, and post only for the plugin's
