@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
@@ -87,7 +88,13 @@ def start_session(identity: Identity, id_token: str | None, lifetime: int) -> st
     """Record a new session and return its id (for the cookie); commits.
 
     Expired sessions are swept on the way, so the table does not grow without bound.
+
+    :raise Forbidden: the person is disabled in authsvc.
     """
+    known = db.session.get(KnownUser, identity.subject)
+    if known is not None and known.disabled_at is not None:
+        # Disabled in authsvc by an admin (authsvc.makers.set_disabled): no admin pages.
+        raise Forbidden("This account is disabled in authsvc: ask an administrator.")
     now = utcnow()
     session_id = secrets.token_urlsafe(32)
     remember_user(identity)

@@ -49,10 +49,14 @@ from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
 from authsvc.logs import current_request_id
+from authsvc.models import AdminSession
 from authsvc.models import Album
+from authsvc.models import AlbumReadToken
 from authsvc.models import ApiKey
 from authsvc.models import AuditEvent
 from authsvc.models import KnownUser
+from authsvc.models import ShareToken
+from authsvc.models import UploadToken
 from authsvc.models import utcnow
 from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
@@ -66,8 +70,10 @@ __all__ = [
     "album_credential_backing",
     "api_key_owner_disabled",
     "maker_identity",
+    "album_token_suspension",
     "set_disabled",
     "share_link_backing",
+    "share_link_suspension",
 ]
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,9 @@ def set_disabled(subject: str, *, disabled: bool, actor: str) -> KnownUser:
     elif not disabled:
         row.disabled_at = None
         row.disabled_by = None
+    if disabled:
+        # Signed-in admin pages end at once (sign-in is refused while disabled).
+        db.session.execute(sa.delete(AdminSession).where(AdminSession.subject == subject))
     if changed:
         audit.record(
             AuditAction.user_disable if disabled else AuditAction.user_enable,
@@ -235,9 +244,12 @@ def album_credential_backing(
     return _cache().get(key, lambda: decide_credential_backing(kind, _maker(created_by, album)))
 
 
-def share_link_backing(created_by: str | None, token_type: str, labels: Iterable[str]) -> Decision:
+def share_link_backing(
+    created_by: str | None, token_type: str, labels: Iterable[str] | None
+) -> Decision:
     """Return whether a share link made for ``user:<sub>`` may still open a study with ``labels``.
 
+    ``labels`` None: the study is not known here (an admin listing), only the rest is checked.
     Links with no user maker (made by the plugin, or legacy ones) are not affected.
     """
     from authsvc.policy import Allowed
@@ -245,7 +257,7 @@ def share_link_backing(created_by: str | None, token_type: str, labels: Iterable
     if not created_by or not created_by.startswith(USER_TAG_PREFIX):
         return Allowed("no user maker on record")
     subject = created_by[len(USER_TAG_PREFIX) :]
-    study_labels = frozenset(labels)
+    study_labels = frozenset(labels) if labels is not None else None
     key = (CredentialKind.SHARE_LINK, created_by, token_type, study_labels)
 
     def compute() -> Decision:
@@ -258,7 +270,7 @@ def share_link_backing(created_by: str | None, token_type: str, labels: Iterable
     return _cache().get(key, compute)
 
 
-def _share_maker(subject: str, labels: frozenset[str]) -> Maker:
+def _share_maker(subject: str, labels: frozenset[str] | None) -> Maker:
     from authsvc.albums import album_grants
     from authsvc.policy import Actor
     from authsvc.roles import compose_profile
@@ -278,13 +290,63 @@ def _share_maker(subject: str, labels: frozenset[str]) -> Maker:
         extra_labels=album_labels,
         extra_permissions=album_permissions,
     )
-    visible = profile.all_labels or not profile.authorized_labels.isdisjoint(labels)
+    visible = (
+        labels is None or profile.all_labels or not profile.authorized_labels.isdisjoint(labels)
+    )
     return Maker(
         actor=authenticator.actor(identity),
         disabled=disabled,
         permissions=profile.permissions,
         studies_visible=visible,
     )
+
+
+def album_token_suspension(row: UploadToken | AlbumReadToken) -> str | None:
+    """Return why an album token in force no longer works (for the admin pages), or None."""
+    kind = (
+        CredentialKind.UPLOAD_TOKEN
+        if isinstance(row, UploadToken)
+        else CredentialKind.ALBUM_READ_TOKEN
+    )
+    if row.revoked_at is not None or row.expires_at <= utcnow():
+        return None
+    backing = album_credential_backing(
+        kind, row.id, row.created_by, db.session.get(Album, row.album_id)
+    )
+    return None if backing else backing.reason
+
+
+def share_link_suspension(row: ShareToken) -> str | None:
+    """Return why a share link in force no longer works (for the admin pages), or None.
+
+    Study-level resources are looked up in Orthanc (labels, cached) to check the maker still
+    sees them; if Orthanc cannot answer, only the maker's standing and permission are checked
+    (validation, which has the labels, decides anyway).
+    """
+    from authsvc.errors import AuthsvcError
+    from authsvc.services import services
+
+    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
+        return None
+    if not row.created_by.startswith(USER_TAG_PREFIX):
+        return None
+    svc = services()
+    client = svc.orthanc.get(row.server_id or None)
+    label_sets: list[frozenset[str] | None] = []
+    for resource in row.resources:
+        orthanc_id = resource.get("orthanc-id") if isinstance(resource, dict) else None
+        if client is None or resource.get("level") != "study" or not isinstance(orthanc_id, str):
+            continue
+        try:
+            facts = svc.study_labels.study(client, orthanc_id)
+        except AuthsvcError:
+            continue
+        label_sets.append(facts.labels if facts is not None else frozenset())
+    for labels in label_sets or [None]:
+        backing = share_link_backing(row.created_by, row.token_type, labels)
+        if not backing:
+            return backing.reason
+    return None
 
 
 def audit_refusal(kind: CredentialKind, credential_id: str, subject: str, reason: str) -> None:

@@ -54,6 +54,10 @@ Why the non-obvious rules:
   and those who run the album must be able to kill any of them.
 * **Share links and album read tokens need a manager.** They give read access to people who
   are not members, i.e. they widen the audience, which is what managers decide.
+* **Credentials follow their maker's rights** (:func:`decide_credential_backing`). Upload
+  and read tokens, share links and API keys are checked at every use against what their maker
+  may do now, by the same rule that let them be made: a removed or demoted member's tokens
+  stop, a disabled person's (``user:disable``, admins only) everything stops.
 * **Only global admins delete from Orthanc** (``gate:resource:delete``). Albums are views on a
   shared archive; a study may sit in several albums and serve other projects. Removing it
   from an album (``album:study:remove``) is the album-level "delete".
@@ -791,7 +795,9 @@ def decide_credential_backing(
     if not maker.actor.is_authenticated:
         return Denied("its maker is unknown")
     if maker.disabled:
-        return Denied("its maker is disabled")
+        return Denied(
+            "its owner is disabled" if kind is CredentialKind.API_KEY else "its maker is disabled"
+        )
     if kind is CredentialKind.API_KEY:
         return Allowed("its owner is not disabled")
     action = _BACKING_ACTIONS.get(kind)

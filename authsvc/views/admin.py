@@ -58,6 +58,7 @@ from authsvc import album_access
 from authsvc import albums
 from authsvc import api_key_records
 from authsvc import audit
+from authsvc import makers
 from authsvc import upload_token_records
 from authsvc.authn import actor_for
 from authsvc.authn import profile_for
@@ -75,6 +76,7 @@ from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.models import Album
 from authsvc.models import ApiKey
+from authsvc.models import KnownUser
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
 from authsvc.policy import Actor
@@ -1104,6 +1106,7 @@ def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
         "read_tokens": read_tokens,
         "people": people,
         "state": _token_state,
+        "suspended": makers.album_token_suspension,
         "can_upload": can_upload,
         "can_share": _can(caller, role, Action.ALBUM_READ_TOKEN_CREATE),
         "can_revoke_read": _can(caller, role, Action.ALBUM_READ_TOKEN_REVOKE),
@@ -1325,6 +1328,16 @@ def _key_state(row: ApiKey) -> str:
     return "active"
 
 
+def _key_entry(row: ApiKey) -> dict[str, Any]:
+    """One row of the API keys page: state, and why a key in force is suspended."""
+    state, reason = _key_state(row), None
+    if state == "active" and row.kind == "user":
+        backing = api_key_records.owner_backing(row.owner_subject)
+        if not backing:
+            state, reason = "suspended", backing.reason
+    return {"row": row, "state": state, "reason": reason}
+
+
 def _api_keys_page(**extra: Any) -> str:
     """The API keys page: the user's own keys; every key and service accounts for admins."""
     identity = current_user()
@@ -1337,7 +1350,7 @@ def _api_keys_page(**extra: Any) -> str:
     authenticator = services().authenticator
     return render_template(
         "admin/api_keys.html",
-        keys=[{"row": row, "state": _key_state(row)} for row in rows],
+        keys=[_key_entry(row) for row in rows],
         see_all=see_all,
         can_create=bool(
             decide(actor, Action.API_KEY_CREATE, target=Target(token_issued_by_actor=True))
@@ -1464,10 +1477,12 @@ def share_links() -> str:
             for r in row.resources
             if isinstance(r, dict)
         ]
+        reason = makers.share_link_suspension(row) if state == "active" else None
         links.append(
             {
                 "row": row,
-                "state": state,
+                "state": "suspended" if reason else state,
+                "reason": reason,
                 "studies": [s for s in studies if s],
                 "kind": _LINK_KINDS.get(row.token_type, row.token_type),
                 "mine": row.created_by == tag,
@@ -1505,3 +1520,56 @@ def revoke_share_link(token_id: str) -> WerkzeugResponse:
     db.session.commit()
     flash("Link revoked: it no longer opens anything.", "success")
     return redirect(url_for("admin.share_links", all=request.args.get("all")))
+
+
+# --- people: disable / enable in authsvc ---------------------------------------------------------
+
+
+@bp.get("/people")
+@signed_in
+def people() -> str:
+    """Everyone authsvc has seen, and whether they are disabled here (administrators)."""
+    if not decide(current_actor(), Action.USER_DISABLE):
+        raise Forbidden("This page is for administrators.")
+    identity = current_user()
+    rows = db.session.scalars(
+        sa.select(KnownUser).order_by(KnownUser.username, KnownUser.subject).limit(1000)
+    ).all()
+    return render_template(
+        "admin/people.html", people=rows, me=identity.subject if identity else ""
+    )
+
+
+def _set_person(subject: str, *, disabled: bool) -> WerkzeugResponse:
+    identity = current_user()
+    assert identity is not None  # noqa: S101 - @signed_in
+    if not decide(current_actor(), Action.USER_DISABLE):
+        raise Forbidden("This page is for administrators.")
+    if subject == identity.subject:
+        raise Forbidden("You cannot disable yourself.")
+    row = makers.set_disabled(subject, disabled=disabled, actor=api_key_records.actor_tag(identity))
+    db.session.commit()
+    services().makers.clear()
+    services().authenticator.api_keys.clear()
+    who = row.name or row.username
+    flash(
+        f"{who} is disabled: their API keys, tokens and share links stop working."
+        if disabled
+        else f"{who} is enabled again.",
+        "success",
+    )
+    return redirect(url_for("admin.people"))
+
+
+@bp.post("/people/<path:subject>/disable")
+@signed_in
+def disable_person(subject: str) -> WerkzeugResponse:
+    """Disable a person in authsvc."""
+    return _set_person(subject, disabled=True)
+
+
+@bp.post("/people/<path:subject>/enable")
+@signed_in
+def enable_person(subject: str) -> WerkzeugResponse:
+    """Enable a person again."""
+    return _set_person(subject, disabled=False)

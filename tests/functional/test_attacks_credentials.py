@@ -182,7 +182,7 @@ def test_lifecycle_disabled_owners_api_key_stops(world: World) -> None:
     assert key not in answer.get_data(as_text=True)
     listed = world.client.get("/api/api-keys?all=true", headers=ADMIN_HEADERS).get_json()
     (item,) = [i for i in listed["items"] if i["id"] == world.token_ids["api-key"]]
-    assert item["status"] == "suspended" and item["reason"] == "its maker is disabled"
+    assert item["status"] == "suspended" and item["reason"] == "its owner is disabled"
     # Everything bob made stops too: his upload and read tokens for album B.
     upload = world.tokens["upload"]
     assert world.upload(world.album_b, {"Authorization": f"Bearer {upload}"}).status_code == 401

@@ -69,7 +69,8 @@ def test_a_disabled_maker_backs_nothing(kind: CredentialKind) -> None:
     )
     decision = decide_credential_backing(kind, maker, token_type="stone-viewer-publication")
     assert not decision
-    assert decision.reason == "its maker is disabled"
+    owner = "owner" if kind is CredentialKind.API_KEY else "maker"
+    assert decision.reason == f"its {owner} is disabled"
 
 
 @pytest.mark.parametrize("kind", list(CredentialKind))
