@@ -74,6 +74,7 @@ BENCHES = {
         "--rounds",
         "4",
     ],
+    "browser-upload": ["bench/browser_upload.py", "--files", "200", "--rounds", "3"],
 }
 
 
