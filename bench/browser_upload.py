@@ -15,7 +15,11 @@ The browser's time runs from choosing the folder to the summary shown, so it inc
 script reading each file's first bytes. The machine's cores are shared by Chromium, the
 client, authsvc and Orthanc: compare within one run. Prints numbers; asserts nothing.
 
-Usage: ``python bench/browser_upload.py [--files 200] [--instance-kb 256] [--rounds 3]``
+Memory: then one no-script form request of ``--form-mb`` (default 256; the form's limit is
+512) to the same route, streamed by the client, while authsvc's VmHWM is read again.
+
+Usage: ``python bench/browser_upload.py [--files 200] [--instance-kb 256] [--rounds 3]
+[--form-mb 256]``
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +101,47 @@ def browser_upload(page: Any, album_url: str, folder: Path, count: int) -> float
     return time.perf_counter() - started
 
 
+def form_upload(url: str, cookies: list[dict[str, Any]], csrf: str, folder: Path) -> float:
+    """Send the whole folder as one no-script form request (streamed); return its seconds."""
+    boundary = "authsvc-bench-form"
+    files = sorted(folder.iterdir())
+
+    def body() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{csrf}\r\n'
+        ).encode()
+        for path in files:
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{path.name}"\r\nContent-Type: application/dicom\r\n\r\n'
+            ).encode()
+            yield path.read_bytes()
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    jar = {c["name"]: c["value"] for c in cookies}
+    started = time.perf_counter()
+    response = requests.post(
+        url,
+        data=body(),
+        cookies=jar,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=3600,
+    )
+    if response.status_code != 200 or "already present" not in response.text:
+        raise SystemExit(f"form upload answered {response.status_code}: {response.text[:300]}")
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=200, help="instances per round and path")
     parser.add_argument("--instance-kb", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--form-mb", type=int, default=256, help="size of the no-script form memory run (0: none)"
+    )
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -185,6 +225,8 @@ def main() -> None:
                     size = write_folder(folder, factory, args.files)
                     seconds = browser_upload(page, album_url, folder, args.files)
                     browser_rates.append(size / MB / seconds)
+                cookies = page.context.cookies()
+                csrf = page.locator("#upload-form input[name=csrf_token]").get_attribute("value")
                 browser.close()
             t, b = statistics.median(token_rates), statistics.median(browser_rates)
             print(f"{'path':<40}{'median MB/s':>12}{'runs':>24}")
@@ -198,6 +240,19 @@ def main() -> None:
                 f"authsvc peak RSS (VmHWM, largest process): {hwm / 1024:.1f} MB "
                 f"(now {now / 1024:.1f} MB; target < 150 MB)"
             )
+            if args.form_mb:
+                count = max(1, args.form_mb * MB // factory.size)
+                folder = state / "form"
+                size = write_folder(folder, factory, count)
+                seconds = form_upload(
+                    f"{server.url}/admin/albums/{album_id}/upload", cookies, str(csrf), folder
+                )
+                hwm, now = peak_rss_kb(server.pid)
+                print(
+                    f"one no-script form of {size / MB:.0f} MB ({count} files) to the album page's "
+                    f"route: {seconds:.1f} s ({size / MB / seconds:.1f} MB/s); authsvc peak RSS "
+                    f"{hwm / 1024:.1f} MB (target < 150 MB)"
+                )
         finally:
             server.stop()
     finally:
