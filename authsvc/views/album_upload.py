@@ -99,6 +99,10 @@ def load_user() -> None:
     admin.load_user()
 
 
+# The admin pages' headers (no framing, no sniffing, no caching) on this route's answers too.
+bp.after_request(admin.security_headers)
+
+
 def _wants_json() -> bool:
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"
@@ -133,7 +137,6 @@ def upload(album_id: str) -> Response | tuple[str, int]:
     if _wants_json():
         response = jsonify(upload_views.upload_report(result, uploader.album.id))
         response.status_code = upload_views.report_status(result)
-        response.headers["Cache-Control"] = "no-store"
         return response
     page = render_template(
         "admin/upload_summary.html",

@@ -156,6 +156,8 @@ def test_script_upload_answers_per_file_json_and_labels_the_study(
     assert LABEL in orthanc.labels_of(study_id)
     assert album_studies(db_app) == {study_id}
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
 
 
 def test_sending_a_batch_again_stores_nothing_twice_and_labels_again(
