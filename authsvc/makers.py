@@ -108,18 +108,16 @@ def maker_identity(subject: str) -> tuple[Identity | None, bool]:
         )
         return api_key_identity(key), gone
     user = db.session.get(KnownUser, subject)
-    bare = _known_through_keys(subject)
-    if user is None:
-        return bare, False
-    identity = bare
-    if user.identity:
+    disabled = user is not None and user.disabled_at is not None
+    if user is not None and user.identity:
         try:
             identity = identity_from_json(user.identity)
         except (KeyError, ValueError, TypeError):
-            identity = bare
-        if identity.subject != subject:
-            identity = bare
-    return identity, user.disabled_at is not None
+            pass
+        else:
+            if identity.subject == subject:
+                return identity, disabled
+    return _known_through_keys(subject), disabled
 
 
 def _known_through_keys(subject: str) -> Identity:

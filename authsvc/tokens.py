@@ -369,10 +369,19 @@ def _problem(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, details=[{"field": field, "message": message}])
 
 
-def share_token_json(row: ShareToken, *, now: datetime | None = None) -> dict[str, Any]:
-    """Return a share token row for the JSON API (never the token itself)."""
+def share_token_json(
+    row: ShareToken, *, now: datetime | None = None, suspension: str | None = None
+) -> dict[str, Any]:
+    """Return a share token row for the JSON API (never the token itself).
+
+    ``suspension``: why a link in force no longer works (its maker lost the right, see
+    :func:`authsvc.makers.share_link_suspension`); the ``status`` is then ``suspended``.
+    """
     now = now or utcnow()
     expired = row.expires_at is not None and row.expires_at <= now
+    status = "revoked" if row.revoked_at else "expired" if expired else "active"
+    if status == "active" and suspension:
+        status = "suspended"
     return {
         "id": row.id,
         "type": row.token_type,
@@ -383,5 +392,6 @@ def share_token_json(row: ShareToken, *, now: datetime | None = None) -> dict[st
         "created_at": row.created_at.isoformat(),
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
-        "status": "revoked" if row.revoked_at else "expired" if expired else "active",
+        "status": status,
+        "reason": suspension if status == "suspended" else None,
     }

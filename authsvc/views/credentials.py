@@ -26,6 +26,7 @@ from flask import jsonify
 from flask import request
 
 from authsvc import api_key_records
+from authsvc import makers
 from authsvc.api_key_records import actor_tag
 from authsvc.api_key_records import key_json
 from authsvc.authn import Credentials
@@ -183,6 +184,7 @@ def revoke_api_key(key_id: str) -> Response:
     db.session.commit()
     services().authenticator.api_keys.forget(row.id)
     services().profile_cache.clear()
+    services().makers.clear()  # what a service key made stands on it
     return jsonify(key_json(row))
 
 
@@ -201,7 +203,8 @@ def list_share_tokens() -> Response:
         _enforce(decide(current_actor(), Action.SHARE_TOKEN_LIST))
         rows = tokens.list(created_by=actor_tag(identity))
     now = utcnow()
-    return jsonify(items=[share_token_json(r, now=now) for r in rows])
+    items = [share_token_json(r, now=now, suspension=makers.share_link_suspension(r)) for r in rows]
+    return jsonify(items=items)
 
 
 #: Orthanc id of a resource (five groups of eight hex digits), as in Orthanc's URLs.
@@ -419,8 +422,6 @@ def _person_json(row: Any) -> dict[str, Any]:
 
 
 def _set_disabled(subject: str, *, disabled: bool) -> Response:
-    from authsvc import makers
-
     identity = require_identity()
     _enforce(decide(current_actor(), Action.USER_DISABLE))
     if not subject or len(subject) > _SUBJECT_MAX or not subject.isprintable():

@@ -203,6 +203,10 @@ def test_share_links_page_says_the_maker_lost_the_study(db_app: Flask, fake: Fak
     page = sign_in(db_app, ROOT).get("/admin/share-links?all=1")
     assert page.status_code == 200
     assert "suspended" in page.text and "may no longer make it" in page.text
+    key = _jwt_for(db_app, ROOT)
+    listed = db_app.test_client().get("/api/share-tokens?all=true", headers={"api-key": key})
+    (item,) = listed.get_json()["items"]
+    assert item["status"] == "suspended" and "may no longer make it" in item["reason"]
 
 
 # --- what "the maker's rights now" is made of -----------------------------------------------------
@@ -262,3 +266,22 @@ def test_an_identity_seen_changed_is_written_at_once(world: World) -> None:
         users.remember(moved)  # within the hour, but changed
         db.session.expire_all()
         assert db.session.get(KnownUser, "s-1").identity["groups"] == ["/x"]
+
+
+def test_a_service_keys_tokens_stop_when_the_key_is_revoked(world: World) -> None:
+    root = bearer("root", realm_roles=("admin",))
+    made = world.client.post(
+        "/api/api-keys", json={"name": "pacs", "service_account": True, "roles": []}, headers=root
+    )
+    assert made.status_code == 201, made.get_json()
+    key, key_id = made.get_json()["key"], made.get_json()["id"]
+    with world.app.app_context():
+        albums.invite_member(ADMIN, world.album_a, "user", f"api-key:{key_id}", "manager")
+    read = world.client.post(
+        f"/api/albums/{world.album_a}/read-tokens", json={}, headers={"api-key": key}
+    )
+    assert read.status_code == 201, read.get_json()
+    token = read.get_json()["token"]
+    assert world.gate("GET", f"/studies/{world.a.id}", {"token": token}).status_code == 200
+    assert world.client.delete(f"/api/api-keys/{key_id}", headers=root).status_code == 200
+    assert world.gate("GET", f"/studies/{world.a.id}", {"token": token}).status_code == 401

@@ -314,7 +314,9 @@ def test_share_link_opens_its_study_read_only(world: dict[str, Any]) -> None:
                 validity_duration=600,
                 server_id=None,
             ),
-            created_by="user:root",
+            # Made through the plugin: no user maker whose rights the link would stand on
+            # (tests/functional/test_attacks_credentials.py covers links made by users).
+            created_by="plugin",
             now=utcnow(),
         )
         db.session.commit()
