@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from authsvc.sealing import generate_key
 from tests import services
 from tests.dicom_factory import make_study
-from tests.integration.test_admin_browser import shot
+from tests.integration.test_admin_browser import SCREENSHOTS
 from tests.integration.test_admin_browser import sign_in
 
 LABEL = "album-" + uuid.uuid4().hex[:12]
@@ -272,7 +272,11 @@ def test_folder_and_zip_upload_survive_a_cut_connection(
         assert bars.count() == 2
         for i in range(2):
             assert bars.nth(i).get_attribute("value") == bars.nth(i).get_attribute("max")
-        shot(page, "album-upload")
+        # The upload section for the README (docs/screenshots with UPDATE_SCREENSHOTS=1).
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        picture = SCREENSHOTS / "album-upload.png"
+        page.locator("#upload").screenshot(path=str(picture))
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         ct, mr = orthanc_study(orthanc, first), orthanc_study(orthanc, second)
         assert len(ct["instances"]) == 200 and len(mr["instances"]) == 100  # nothing twice
