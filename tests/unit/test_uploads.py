@@ -441,3 +441,76 @@ def test_form_with_files_and_a_zip() -> None:
         ("more.zip/y.dcm", "stored"),
     ]
     assert store.bodies == INSTANCES[:3]
+
+
+class Fields:
+    """Records form fields and the file parts announced, in order (uploads.FormFields)."""
+
+    def __init__(self, refuse_files: bool = False) -> None:
+        self.events: list[tuple[str, bytes]] = []
+        self.refuse_files = refuse_files
+
+    def field(self, name: str, value: bytes) -> None:
+        self.events.append((name, value))
+
+    def before_file(self) -> None:
+        self.events.append(("<file>", b""))
+        if self.refuse_files:
+            raise PermissionError("refused before the file was read")
+
+
+def _form(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        out += f"--{B}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{B}--\r\n".encode()
+
+
+def test_form_fields_reach_the_handler_in_order_and_are_not_items() -> None:
+    body = _form([("csrf_token", None, b"t0ken"), ("file", "a.dcm", INSTANCES[0])])
+    fields = Fields()
+    result = uploads.ingest(
+        Trickle(body, 97),
+        UploadKind.FORM,
+        B,
+        store=Store(),
+        sink=Sink(),
+        limits=LIMITS,
+        fields=fields,
+    )
+    assert fields.events == [("csrf_token", b"t0ken"), ("<file>", b"")]
+    assert [(i.name, i.status) for i in result.instances] == [("a.dcm", "stored")]
+
+
+def test_a_refusal_before_a_file_stops_the_upload_before_orthanc() -> None:
+    store = Store()
+    body = _form([("file", "a.dcm", INSTANCES[0])])
+    with pytest.raises(PermissionError):
+        uploads.ingest(
+            Trickle(body, 4096),
+            UploadKind.FORM,
+            B,
+            store=store,
+            sink=Sink(),
+            limits=LIMITS,
+            fields=Fields(refuse_files=True),
+        )
+    assert store.bodies == []
+
+
+def test_an_overlong_form_field_is_malformed() -> None:
+    body = _form([("csrf_token", None, b"x" * (uploads.MAX_FIELD_BYTES + 1))])
+    result = uploads.ingest(
+        Trickle(body, 4096),
+        UploadKind.FORM,
+        B,
+        store=Store(),
+        sink=Sink(),
+        limits=LIMITS,
+        fields=Fields(),
+    )
+    assert isinstance(result.error, MalformedUpload)
+    assert "longer than" in result.error.message
