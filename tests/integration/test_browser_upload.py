@@ -1,12 +1,12 @@
 """Uploading from the album page in Debian's Chromium: real IdP, Orthanc, PostgreSQL, gunicorn.
 
 A contributor signs in and uploads a folder of 300 small instances (two studies) with the
-page's script; one batch's answer is cut off after the server stored it (Playwright route:
-the request reaches authsvc, the browser sees a reset), the script sends it again, and Orthanc
+page's script; one batch's answer is cut off after the server stored it (a loopback proxy
+forwards the whole request, then breaks the answer), the script sends it again, and Orthanc
 ends up with every instance once, each study labelled for the album, the summary saying what
-was stored and what was already present. Then a ZIP archive; then the same page with
-JavaScript off, where the plain form answers a summary page. Every claim is read back from
-Orthanc itself.
+was stored and what was already present. Then a ZIP archive, and files dropped on the page;
+then the same page with JavaScript off, where the plain form answers a summary page. Every
+claim is read back from Orthanc itself.
 """
 
 from __future__ import annotations
@@ -297,9 +297,25 @@ def test_folder_and_zip_upload_survive_a_cut_connection(
         us = orthanc_study(orthanc, us_uid)
         assert len(us["instances"]) == 20 and LABEL in us["labels"]
 
-        # The album's page lists the three studies now.
+        # Files dropped on the section (a synthetic drop: Playwright cannot drag from the
+        # desktop; Chromium gives such items no file-system entry, so the script takes the
+        # DataTransfer's files, as it does for files dragged from a mail attachment).
+        dropped = make_study(n_series=1, n_instances=3, modality="XA")
+        transfer = page.evaluate_handle(
+            "files => { const dt = new DataTransfer();"
+            " for (const f of files) dt.items.add(new File([new Uint8Array(f.bytes)], f.name));"
+            " return dt; }",
+            [{"name": f"XA{i}.dcm", "bytes": list(data)} for i, data in enumerate(dropped)],
+        )
+        page.dispatch_event("#upload-drop", "drop", {"dataTransfer": transfer})
+        text = summary_text(page, "3 stored")
+        assert "3 stored, 0 already present, 0 refused, in 1 study." in text, text
+        xa_uid = str(pydicom.dcmread(io.BytesIO(dropped[0])).StudyInstanceUID)
+        assert LABEL in orthanc_study(orthanc, xa_uid)["labels"]
+
+        # The album's page lists the four studies now.
         page.click("#upload-reload")
-        assert "(3)" in page.locator("#studies-title").inner_text()
+        assert "(4)" in page.locator("#studies-title").inner_text()
     finally:
         context.close()
 
