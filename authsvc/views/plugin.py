@@ -84,7 +84,10 @@ def _same(given: str | None, expected: str) -> bool:
 def check_plugin_credentials() -> Response | None:
     """Refuse callers without the plugin's HTTP Basic credentials (401, Basic challenge)."""
     settings = services().settings
-    auth = request.authorization
+    try:
+        auth = request.authorization
+    except ValueError:  # Werkzeug's Basic parser raises on non-ASCII text (a 500 before)
+        auth = None
     ok = False
     if settings.plugin_password and auth is not None and auth.type == "basic":
         # Both compared every time (no short-circuit): timing reveals neither.

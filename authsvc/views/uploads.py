@@ -17,7 +17,6 @@ byte to Orthanc.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 from typing import IO
 from typing import Any
@@ -150,7 +149,7 @@ def _basic_token(value: str | None) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text (a 500 before)
         return None
     user, sep, password = decoded.partition(":")
     if not sep or user != "token" or not password:

@@ -280,3 +280,55 @@ def test_confusion_read_tokens_only_ever_read_through_the_plugin(
     expected = kind in _READ_KINDS and (method == "get" or (method == "post" and allow_post))
     assert bool(decision) is expected, decision.reason
     assert not decide_token_access(kind, None, None)
+
+
+# --- bodies: credentials that are not ASCII ------------------------------------------------------
+
+_ODD_VALUES = [
+    "Basic \xe9\xe9",  # not base64 text: base64 raised a plain ValueError, a 500 before
+    "Basic dG9rZW46\xe9",
+    "Bearer \xe9",
+    "Bearer eyJ\xe9.e30.x",
+    "Bearer up1.k\xe9.AAAA",
+    "Bearer ask_\xe9",
+    "\xe9\xff",
+]
+_ODD_REQUESTS = [
+    ("POST", "/api/albums/a1/uploads"),
+    ("POST", "/dicom-web/studies"),
+    ("POST", "/dicom-web/albums/a1/studies"),
+    ("GET", "/dicom-web/albums/a1/studies"),
+    ("GET", "/gate/auth"),
+    ("GET", "/api/albums"),
+    ("PUT", "/api/orthanc/auth/tokens/stone-viewer-publication"),
+    ("POST", "/user/get-profile"),
+    ("POST", "/tokens/validate"),
+    ("POST", "/admin/albums"),
+]
+
+
+@pytest.mark.parametrize("header", ["Authorization", "token", "api-key", "X-Upload-Token"])
+def test_bodies_credentials_that_are_not_ascii_get_a_clean_answer(
+    app: Flask,
+    orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
+    header: str,
+) -> None:
+    """Headers arrive as Latin-1 text: every credential parser must answer 4xx, never 500."""
+    client = app.test_client()
+    upload_header = app.extensions["authsvc"].settings.upload_token_header
+    name = upload_header if header == "X-Upload-Token" else header
+    for value in _ODD_VALUES:
+        for method, path in _ODD_REQUESTS:
+            response = client.open(
+                path,
+                method=method,
+                data=b"\0" * 128 + b"DICM",
+                headers={
+                    name: value,
+                    "Content-Type": "application/dicom",
+                    "X-Original-Method": "GET",
+                    "X-Original-URI": "/studies/x",
+                    "X-CSRF-Token": value,
+                },
+            )
+            assert response.status_code < 500, (name, value, method, path, response.text)
