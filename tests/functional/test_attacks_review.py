@@ -170,9 +170,13 @@ def test_session_admin_pages_cannot_be_framed_sniffed_or_cached(
         "refused form (no CSRF token)": client.post("/admin/albums", data={"name": "x"}),
         "signed-out page": anonymous.get("/admin/signed-out"),
         "sign-in redirect": anonymous.get("/admin/albums"),
+        "browser upload refused (no CSRF token)": client.post(
+            "/admin/albums/x1/upload", data={"file": (io.BytesIO(b"x"), "a.dcm")}
+        ),
     }
     assert responses["albums page"].status_code == 200
     assert responses["refused form (no CSRF token)"].status_code == 403
+    assert responses["browser upload refused (no CSRF token)"].status_code in (403, 404)
     for what, response in responses.items():
         headers = response.headers
         assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), what
