@@ -374,6 +374,10 @@ def build_cases(server: Server, idp: FakeIdP) -> list[Case]:
         {"resources": [{**STUDY, "level": "study"}], "server-id": None, "validity-duration": 3600},
     )["token"]
     validate = {"method": "get", "level": "study", "server-id": None, **STUDY}
+    # An album read token: its maker (alice, the album's owner) is checked at every use.
+    bearer = {"Authorization": f"Bearer {jwt}"}
+    album = _json_call(server, "POST", "/api/albums", bearer, {"name": "bench"})
+    read_token = _json_call(server, "POST", f"/api/albums/{album['id']}/read-tokens", bearer, {})
     return [
         Case("no-op (/healthz)", "GET", "/healthz"),
         _plugin_case(
@@ -395,6 +399,16 @@ def build_cases(server: Server, idp: FakeIdP) -> list[Case]:
             "POST /tokens/validate (share link)",
             "/tokens/validate",
             {**validate, "token-key": "token", "token-value": share},
+        ),
+        _plugin_case(
+            "POST /tokens/validate (album read token)",
+            "/tokens/validate",
+            {
+                **validate,
+                "labels": [album["orthanc_label"]],
+                "token-key": "token",
+                "token-value": read_token["token"],
+            },
         ),
     ]
 
