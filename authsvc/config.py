@@ -396,6 +396,11 @@ class Settings:
         _int(300, 604_800),
         "Seconds an admin-page sign-in lasts before the user must sign in again.",
     )
+    admin_session_idle_timeout: int = setting(
+        1_800,
+        _int(0, 604_800),
+        "Seconds without a request after which an admin-page sign-in ends (0: no idle limit).",
+    )
     study_viewers: tuple[dict[str, Any], ...] = setting(
         (),
         _json_list,

@@ -28,6 +28,7 @@ import io
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 from typing import ParamSpec
@@ -102,6 +103,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SID = "admin_sid"
 _CSRF = "admin_csrf"
 _NEXT = "admin_next"
+_SEEN = "admin_seen"  # Unix time of the session's last request (the idle timeout)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -198,8 +200,19 @@ def security_headers(response: WerkzeugResponse) -> WerkzeugResponse:
 
 @bp.before_request
 def load_user() -> None:
-    """Find who is signed in (if anybody) for this request."""
+    """Find who is signed in (if anybody) for this request; end a sign-in left idle too long."""
     signed_in = admin_sessions.load_session(session.get(_SID))
+    if signed_in is not None:
+        now = int(time.time())
+        idle_limit = services().settings.admin_session_idle_timeout
+        seen = session.get(_SEEN)
+        if idle_limit and isinstance(seen, int) and now - seen > idle_limit:
+            # An unattended workstation: the row goes, as at sign-out (every worker, at once).
+            admin_sessions.end_session(session.get(_SID))
+            session.pop(_SID, None)
+            signed_in = None
+        else:
+            session[_SEEN] = now
     g.admin_session = signed_in
     g.admin_identity = signed_in.identity if signed_in else None
 
@@ -350,6 +363,7 @@ def callback() -> WerkzeugResponse:
         identity, id_token, settings.admin_session_lifetime
     )
     session[_CSRF] = secrets.token_urlsafe(32)
+    session[_SEEN] = int(time.time())
     log.info("admin: %s signed in", identity.username or identity.subject)
     return redirect(target)
 

@@ -214,6 +214,40 @@ def test_session_sign_in_returns_only_to_plain_admin_paths(
     assert response.headers["Location"] == location
 
 
+def test_session_an_idle_sign_in_ends_and_its_row_goes(
+    db_app: Flask,
+    orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
+) -> None:
+    """An unattended workstation: after ``admin_session_idle_timeout`` (30 min) without a
+    request, the next one finds nobody signed in, and the session row is gone (a copy of the
+    cookie opens nothing either). Before the fix a sign-in lasted its full 8 hours."""
+    from authsvc.extensions import db
+    from authsvc.models import AdminSession
+
+    client = sign_in(db_app, ALICE)
+    assert client.get("/admin/albums").status_code == 200  # a request: the clock starts
+    with client.session_transaction() as session:
+        last = session["admin_seen"]
+        copied_cookie = dict(session)
+    assert isinstance(last, int)
+    limit = db_app.extensions["authsvc"].settings.admin_session_idle_timeout
+    assert limit == 1800
+    with client.session_transaction() as session:
+        session["admin_seen"] = last - limit + 60  # idle for 29 minutes: still signed in
+    assert client.get("/admin/albums").status_code == 200
+    with client.session_transaction() as session:
+        assert session["admin_seen"] >= last
+        session["admin_seen"] = last - limit - 1  # idle for 30 minutes and a second
+    answer = client.get("/admin/albums")
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/admin/login")
+    with db_app.app_context():
+        assert db.session.query(AdminSession).count() == 0
+    other = db_app.test_client()
+    with other.session_transaction() as session:
+        session.update(copied_cookie)
+    assert other.get("/admin/albums").status_code == 302
+
+
 def test_csrf_every_state_changing_admin_route_needs_the_token(
     app: Flask,
     orthanc: FakeOrthanc,  # noqa: F811 - the fixture imported above
