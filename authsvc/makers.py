@@ -12,9 +12,8 @@ API keys act as their owner. Each keeps working only while its maker could still
   removed in Keycloak reaches the maker's credentials when the maker next uses authsvc; to
   stop them at once an admin disables the person here. A maker with no identity on record
   holds the roles of their user API keys still in force and no groups (plus direct album
-  memberships).
-  Service-account makers (``api-key:<id>``) are their key: revoked or expired, it backs
-  nothing.
+  memberships). Service-account makers (``api-key:<id>``) are their key: revoked or
+  expired, it backs nothing.
 * **What the maker may do now.** Album roles are read live from ``album_member`` (user,
   group and e-mail rows, as the profile reads them); the roles configuration is the current
   one. Share links made through ``PUT /api/orthanc/auth/tokens/<type>`` (``created_by``
@@ -24,8 +23,9 @@ API keys act as their owner. Each keeps working only while its maker could still
 * **Cost and bound.** One answer per (credential, maker, album or labels) is kept
   :class:`BackingCache` ``ttl`` seconds per process (the worker cache TTL, at most 5 s), so a
   viewer's burst of frame requests costs one check; a change is seen within that TTL (plus
-  the plugin's own ``validity`` on the plugin path). The check costs two primary-key reads
-  and one indexed membership query.
+  the plugin's own ``validity`` on the plugin path, and nginx's gate cache). A check costs a
+  primary-key read of the maker and one indexed membership query (album tokens), or the
+  maker's album grants (share links).
 * **What a refusal looks like.** :class:`~authsvc.errors.CredentialSuspended` (401,
   ``credential-suspended``, the reason in words, no secret), and one ``credential:refused``
   audit row per credential and process per minute.

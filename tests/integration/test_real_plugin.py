@@ -425,6 +425,49 @@ def test_upload_token_straight_to_orthanc_is_refused_and_stores_nothing(
     assert stack.find_uid(uid) == []
 
 
+def test_demoted_managers_read_token_stops_through_orthanc(stack: PluginStack) -> None:
+    """Credentials follow their maker's rights: the plugin's /tokens/validate refuses it."""
+    bob = stack.jwt("bob")
+    study = stack.store(None, description="read token study")
+    album = _new_album(stack, bob, "Read token maker")
+    added = stack.api(
+        "POST", f"/api/albums/{album['id']}/studies", bob, json={"studies": [study.orthanc_id]}
+    )
+    assert added.status_code in (200, 201), added.text
+    carol = stack.jwt("carol")
+    invited = stack.api(
+        "POST",
+        f"/api/albums/{album['id']}/members",
+        bob,
+        json={"kind": "user", "principal": stack.subject(carol), "role": "manager"},
+    )
+    assert invited.status_code == 201, invited.text
+    made = stack.api("POST", f"/api/albums/{album['id']}/read-tokens", carol, json={})
+    assert made.status_code == 201, made.text
+    holder = {"token": made.json()["token"]}
+    path = f"/studies/{study.orthanc_id}"
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, holder).status_code == 200,
+        MEMBERSHIP_BOUND,
+        "read token reads",
+    )
+    demoted = stack.api(
+        "PATCH",
+        f"/api/albums/{album['id']}/members/{invited.json()['id']}",
+        bob,
+        json={"role": "viewer"},
+    )
+    assert demoted.status_code == 200, demoted.text
+    plugin_stack.until(
+        lambda: stack.orthanc_call("GET", path, holder).status_code == 403,
+        MEMBERSHIP_BOUND,
+        "the demoted manager's read token refused",
+    )
+    listed = stack.api("GET", f"/api/albums/{album['id']}/read-tokens", bob)
+    (item,) = listed.json()["items"]
+    assert item["state"] == "suspended" and "manager" in item["reason"]
+
+
 # ------------------------------------------------------------------ 8. revoked share links
 
 
