@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
@@ -60,6 +61,8 @@ from authsvc.sealing import token_purpose
 from authsvc.share_tokens import INSTANT_LINK_TYPES
 from authsvc.share_tokens import LegacyShareKey
 from authsvc.share_tokens import PublicRoots
+from authsvc.share_tokens import ResourceLevel
+from authsvc.share_tokens import ResourceRef
 from authsvc.share_tokens import ShareTokenClaims
 from authsvc.share_tokens import TokenType
 from authsvc.share_tokens import check_creatable
@@ -209,7 +212,7 @@ class ShareTokenService:
             return Denied(f"token refused: {exc.code}")
         if not resources_match(claims, resource):
             return Denied("the token does not cover this resource")
-        backing = self.maker_backing(claims, request.labels)
+        backing = self.maker_backing(claims, self._study_labels(claims, resource, request))
         if not backing:
             return Denied(f"share link suspended: {backing.reason}")
         kind = (
@@ -218,6 +221,38 @@ class ShareTokenService:
             else TokenKind.SHARE_LINK
         )
         return decide_token_access(kind, None, request.method)
+
+    def _study_labels(
+        self, claims: ShareTokenClaims, requested: ResourceRef, request: ValidateRequest
+    ) -> tuple[str, ...]:
+        """Return the labels to judge a link's maker on, for a study the link covers.
+
+        The plugin sends a resource's labels only when it has some at hand: it sends none for
+        the study of a QIDO ``StudyInstanceUID=`` query (OHIF's first request) and none while
+        its 60 s label cache predates the study's labels. Then the study's labels are read
+        from Orthanc (cached, authsvc's own credentials), by the token's own Orthanc id for
+        that study; when Orthanc cannot say, none (the maker check then fails closed).
+        """
+        if request.labels or requested.level is not ResourceLevel.STUDY:
+            return request.labels
+        from authsvc.services import services
+
+        svc = services()
+        client = svc.orthanc.get(request.server_id or None)
+        for granted in claims.resources:
+            if (
+                client is None
+                or granted.level is not ResourceLevel.STUDY
+                or not granted.orthanc_id
+                or not resources_match(replace(claims, resources=(granted,)), requested)
+            ):
+                continue
+            try:
+                facts = svc.study_labels.study(client, granted.orthanc_id)
+            except AuthsvcError:
+                return request.labels
+            return tuple(sorted(facts.labels)) if facts is not None else request.labels
+        return request.labels
 
     def maker_backing(self, claims: ShareTokenClaims, labels: Iterable[str]) -> Decision:
         """Return whether a link's maker may still make it for a study with these labels.
