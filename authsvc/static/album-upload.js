@@ -331,14 +331,18 @@
     for (var b = 0; b < all.length && !stop; b++) {
       var batch = all[b];
       var batchSize = batch.reduce(function (n, it) { return n + it.file.size; }, 0);
+      var inBatch = new Map(); // study row -> bytes of this batch, for its bar while sending
+      batch.forEach(function (it) {
+        inBatch.set(it.group, (inBatch.get(it.group) || 0) + it.file.size);
+      });
       var say = function (text) { overallText.textContent = text; };
       say("Sending batch " + (b + 1) + " of " + all.length + "…");
       var answer = await send(batch, function (loaded, total) {
         var part = total ? Math.min(loaded / total, 1) : 0;
         overall.max = Math.max(totalBytes, 1);
         overall.value = doneBytes + part * batchSize;
-        batch.forEach(function (it) {
-          it.group.bar.value = it.group.sent + part * it.file.size;
+        inBatch.forEach(function (bytes, group) {
+          group.bar.value = group.sent + part * bytes;
         });
         overallText.textContent = "Batch " + (b + 1) + " of " + all.length + ": " +
           megabytes(doneBytes + part * batchSize) + " of " + megabytes(totalBytes) + " sent";
@@ -478,7 +482,12 @@
   // --- wiring -----------------------------------------------------------------------------------
 
   function start(items) {
-    if (busy || !items.length) {
+    if (busy) {
+      return;
+    }
+    if (!items.length) {
+      summaryBox.textContent = "Choose files or a folder first.";
+      summaryBox.hidden = false;
       return;
     }
     // The File objects stay readable; emptied inputs mean the next choice starts afresh.
