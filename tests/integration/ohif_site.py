@@ -114,7 +114,8 @@ def app_config(qido_root: str, wado_root: str | None = None, **extra: Any) -> st
 
 
 def _proxy_block(prefix: str, upstream: str) -> str:
-    """Return an nginx location passing ``prefix`` on to ``upstream`` (http or https URL)."""
+    """Return an nginx location passing ``prefix`` on to ``upstream``, an http(s) origin (no
+    path: the URI goes on unchanged)."""
     tls = "        proxy_ssl_verify off;\n" if upstream.startswith("https:") else ""
     return (
         f"    location {prefix} {{\n"
@@ -132,7 +133,7 @@ def _proxy_block(prefix: str, upstream: str) -> str:
 def start_ohif_site(
     state: Path, port: int, data_source_root: str, proxies: dict[str, str]
 ) -> OhifSite:
-    """Start nginx on ``port`` serving OHIF and proxying ``{prefix: upstream URL}``."""
+    """Start nginx on ``port`` serving OHIF and proxying ``{path prefix: upstream origin}``."""
     dist = ohif_dist()
     state.mkdir(parents=True, exist_ok=True)
     (state / "tmp").mkdir(exist_ok=True)

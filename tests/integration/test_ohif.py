@@ -43,6 +43,7 @@ from tests import deploy_kit
 from tests import services
 from tests.dicom_factory import make_study
 from tests.integration import ohif_site
+from tests.integration import plugin_stack
 
 INSECURE_SECRET = "insecure-ohif-test-secret-key-0123456789abcdef"
 #: How long the gate's nginx may reuse a "yes" (README: a revocation reaches the gate within it).
@@ -290,6 +291,24 @@ def _refused(page: Page, study_uid: str, statuses: set[int]) -> None:
     assert not ohif_site.rendered(ohif_site.canvas_stats(page.page)), page.report()
 
 
+def _opens(context: Any, url: str, study_uid: str) -> bool:
+    """Open ``url`` in a new page: True once OHIF draws the image, False once a request below
+    ``studies/<uid>`` is refused (401, 403 or 404)."""
+    attempt = _open(context)
+    attempt.goto(url)
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    try:
+        while time.monotonic() < deadline:
+            if {401, 403, 404} & set(attempt.statuses(f"/studies/{study_uid}")):
+                return False
+            if ohif_site.rendered(ohif_site.canvas_stats(attempt.page)):
+                return True
+            attempt.page.wait_for_timeout(250)
+        raise AssertionError(f"neither an image nor a refusal:\n{attempt.report()}")
+    finally:
+        attempt.page.close()
+
+
 def _dismiss_tour(page: Page) -> None:
     """Close OHIF's first-visit tour, so screenshots show the image."""
     skip = page.page.get_by_text("Skip all")
@@ -397,20 +416,81 @@ def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any)
     )
     assert revoked.status_code == 200
 
-    def cannot_open() -> bool:
-        attempt = _open(context)
-        attempt.goto(viewer)
-        deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-        while time.monotonic() < deadline:
-            statuses = attempt.statuses(a1.uid)
-            if 401 in statuses:
-                attempt.page.close()
-                return True
-            if ohif_site.rendered(ohif_site.canvas_stats(attempt.page)):
-                attempt.page.close()
-                return False
-            attempt.page.wait_for_timeout(250)
-        raise AssertionError(f"neither an image nor a refusal:\n{attempt.report()}")
-
     # README: a revocation reaches the gate within gate_cache_seconds.
-    _until(cannot_open, GATE_CACHE_SECONDS + SLACK, "revoked read token refused through the gate")
+    _until(
+        lambda: not _opens(context, viewer, a1.uid),
+        GATE_CACHE_SECONDS + SLACK,
+        "revoked read token refused through the gate",
+    )
+
+
+# --- an OHIF share link made through the real plugin ------------------------------------------
+
+
+@dataclass
+class PluginSite:
+    """The plugin stack (tests/integration/plugin_stack.py) and OHIF's site in front of it."""
+
+    stack: plugin_stack.PluginStack
+    site: ohif_site.OhifSite
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginSite]:
+    state = tmp_path_factory.mktemp("ohif-plugin")
+    site_port = services.free_port()
+    # authsvc builds OHIF share links on this root: the OHIF site below.
+    overrides = {"AUTHSVC_PUBLIC_OHIF_ROOT": f"http://127.0.0.1:{site_port}/"}
+    with plugin_stack.running_stack(state / "stack", overrides) as stack:
+        site = ohif_site.start_ohif_site(
+            state / "site", site_port, "/orthanc/dicom-web", {"/orthanc/": stack.nginx_url}
+        )
+        # Orthanc reads includefield lists only as repeated fields, and the plugin refuses a
+        # resource token's QIDO whose includefield it cannot parse: the setting Orthanc's own
+        # OHIF configuration uses.
+        site.configure("/orthanc/dicom-web", qidoSupportsIncludeField=False)
+        try:
+            yield PluginSite(stack, site)
+        finally:
+            site.stop()
+
+
+def test_plugin_share_link_opens_its_study_anonymously_and_nothing_else(
+    plugin: PluginSite, context: Any
+) -> None:
+    stack = plugin.stack
+    cardio, neuro = stack.studies["cardio"], stack.studies["neuro"]
+    assert cardio.patient_id == neuro.patient_id  # neuro would be a "prior" of cardio
+    made = stack.nginx_call(
+        "PUT",
+        "/orthanc/auth/tokens/ohif-viewer-publication",
+        {"Authorization": f"Bearer {stack.jwt('alice')}"},
+        json={
+            "Resources": [
+                {"DicomUid": cardio.uid, "OrthancId": cardio.orthanc_id, "Level": "study"}
+            ],
+            "ValidityDuration": 3600,
+        },
+    )
+    assert made.status_code == 200, made.text
+    url = made.json()["Url"]
+    assert url.startswith(f"{plugin.site.url}/viewer?StudyInstanceUIDs={cardio.uid}&token=sh1.")
+
+    page = _open(context)  # a fresh context: no cookie, no header, only the link
+    page.goto(url)
+    _wait_rendered(page)
+    # OHIF's prior-study search (same PatientID) found the shared study only.
+    searches = [
+        r for r in page.dicomweb if "/dicom-web/studies?" in r["url"] and r.get("status") == 200
+    ]
+    assert any(cardio.patient_id in r["url"] for r in searches), page.report()
+    for search in searches:
+        found = search["request"].response().json() if search["request"].response() else []
+        assert {dataset["0020000D"]["Value"][0] for dataset in found} <= {cardio.uid}
+    assert "neuro study" not in page.page.locator("body").inner_text()
+    _shot(page, "ohif-share-link.png")
+
+    # The link's token does not open the patient's other study.
+    other = _open(context)
+    other.goto(url.replace(cardio.uid, neuro.uid))
+    _refused(other, neuro.uid, {403})
