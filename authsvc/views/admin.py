@@ -697,11 +697,28 @@ def _member_rows(
     return rows
 
 
-def _viewer_links(study: dict[str, Any]) -> list[tuple[str, str]]:
-    """Links that open a study in the configured viewers."""
+def _viewer_links(study: dict[str, Any], album_id: str) -> list[tuple[str, str]]:
+    """Links that open a study in the configured viewers.
+
+    With ``public_ohif_root`` set, OHIF comes first (unless a configured viewer is already
+    named OHIF): ``<root>viewer?StudyInstanceUIDs=<uid>&album=<album id>``. The OHIF
+    deployment's app-config.js (config/ohif/app-config.js) turns ``album`` into the album's
+    DICOMweb root, and OHIF signs the user in with Keycloak itself: no credential in the link.
+    """
     uid = study.get("study_instance_uid") or ""
+    settings = services().settings
     links = []
-    for viewer in services().settings.study_viewers:
+    ohif_root = settings.public_ohif_root
+    if ohif_root and uid and not any(v.get("name") == "OHIF" for v in settings.study_viewers):
+        root = ohif_root if ohif_root.endswith("/") else ohif_root + "/"
+        links.append(
+            (
+                "OHIF",
+                f"{root}viewer?StudyInstanceUIDs={quote(uid, safe='')}"
+                f"&album={quote(album_id, safe='')}",
+            )
+        )
+    for viewer in settings.study_viewers:
         name, url = viewer.get("name"), viewer.get("url")
         if not isinstance(name, str) or not isinstance(url, str) or not uid:
             continue
@@ -779,7 +796,7 @@ def album(album_id: str) -> str:
                 **study,
                 "date": _dicom_date(study.get("study_date")),
                 "patient": _person_name(study.get("patient_name")),
-                "viewers": _viewer_links(study),
+                "viewers": _viewer_links(study, album_id),
             }
         )
     return render_template(
