@@ -58,6 +58,10 @@ class OhifSite:
         """Point OHIF's one data source at paths on this origin (WADO defaults to QIDO's)."""
         self.config_path.write_text(app_config(qido_root, wado_root, **extra))
 
+    def use_config(self, text: str) -> None:
+        """Serve ``text`` as OHIF's app-config.js (e.g. config/ohif/app-config.js)."""
+        self.config_path.write_text(text)
+
     def stop(self) -> None:
         """Stop the nginx."""
         self.nginx.stop()

@@ -54,6 +54,7 @@ SLACK = 5.0
 UI_TIMEOUT_MS = 60_000
 IMAGE_SIZE = 128
 REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = REPO / "config" / "ohif" / "app-config.js"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
@@ -143,6 +144,10 @@ def stack(
         "proxy_count": "2",
         "gate_cache_seconds": str(GATE_CACHE_SECONDS),
         "threads": "4",
+        # The admin pages (the album page's OHIF link), signed in at the test IdP over HTTP.
+        "admin_client_secret": idp.clients["authsvc"]["secret"],
+        "admin_cookie_secure": "false",
+        "public_ohif_root": f"http://127.0.0.1:{site_port}/",
     }
     app = create_app(settings)
     with app.app_context():
@@ -171,7 +176,7 @@ def stack(
         state / "site",
         site_port,
         "/dicom-web",
-        {"/dicom-web/": gate_url, "/api/": gate_url},
+        {"/dicom-web/": gate_url, "/api/": gate_url, "/admin": gate_url, "/static/": gate_url},
     )
     tokens = {u: idp.password_token(u)["access_token"] for u in ("alice", "bob", "carol")}
     studies = {
@@ -389,6 +394,48 @@ def test_read_token_opens_its_album_and_nothing_else(stack: Stack, context: Any)
     probe = _open(context)
     probe.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
     _refused(probe, stack.studies["B"].uid, {404})
+
+
+def test_album_page_ohif_link_opens_the_study_in_ohif(stack: Stack, context: Any) -> None:
+    # The OHIF site serves the shipped config, adjusted to this layout (Orthanc at the root).
+    shipped = SHIPPED_CONFIG.read_text()
+    assert "const ORTHANC_DICOMWEB = '/orthanc/dicom-web';" in shipped
+    stack.site.use_config(
+        shipped.replace(
+            "const ORTHANC_DICOMWEB = '/orthanc/dicom-web';",
+            "const ORTHANC_DICOMWEB = '/dicom-web';",
+        )
+    )
+    page = _open(context)
+    page.goto(f"{stack.site.url}/admin/albums/{stack.album_a}")
+    page.page.wait_for_selector("#kc-form-login")
+    page.page.fill("#username", "alice")
+    page.page.fill("#password", stack.idp.users["alice"]["password"])
+    page.page.click("#kc-login")
+    page.page.wait_for_url(f"**/admin/albums/{stack.album_a}*")
+    a1 = stack.studies["A1"]
+    link = page.page.locator(f'a[href*="StudyInstanceUIDs={a1.uid}"]', has_text="OHIF")
+    assert link.get_attribute("href") == (
+        f"{stack.site.url}/viewer?StudyInstanceUIDs={a1.uid}&album={stack.album_a}"
+    )
+    # Stands in for OHIF's own Keycloak sign-in (config/ohif/app-config.js, "oidc"): alice's
+    # access token on the viewer's requests.
+    context.set_extra_http_headers(stack.auth("alice"))
+    with context.expect_page() as opened:
+        link.click()
+    viewer = Page(opened.value)
+    viewer.page.on(
+        "request",
+        lambda r: (
+            viewer.dicomweb.append({"method": r.method, "url": r.url, "request": r})
+            if "/dicom-web/" in r.url
+            else None
+        ),
+    )
+    _wait_rendered(viewer)
+    assert viewer.dicomweb and all(
+        f"/dicom-web/albums/{stack.album_a}/" in r["url"] for r in viewer.dicomweb
+    )
 
 
 # --- the gate in front of a stock Orthanc ------------------------------------------------------
