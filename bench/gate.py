@@ -17,7 +17,14 @@ process (the view alone, no WSGI, no network), p50/p99 (target p99 < 2 ms). The 
 shares the machine with everything it measures: compare ratios within one run. Prints
 numbers; asserts nothing.
 
-Usage: ``python bench/gate.py [--frames 200] [--rounds 5] [--decisions 2000]``
+OHIF session (``--ohif``): the DICOMweb requests OHIF 3 really made to open one album study
+through the gate, recorded by tests/integration/test_ohif.py into bench/ohif_session.json
+(method, path shape, query, Accept, start and end), replayed on a study of the recorded shape
+against the same three doors. Requests that overlapped in the browser run concurrently (one
+connection each, as a browser does), the others after them; the session's wall time is the
+figure. ``--ohif-only`` skips everything else.
+
+Usage: ``python bench/gate.py [--frames 200] [--rounds 5] [--decisions 2000] [--ohif]``
 """
 
 from __future__ import annotations
@@ -126,6 +133,92 @@ def session(
     return time.perf_counter() - start
 
 
+OHIF_SESSION = ROOT / "bench" / "ohif_session.json"
+
+
+class OhifSession:
+    """OHIF's recorded requests and a study of the recorded shape to replay them on."""
+
+    def __init__(self, fixture: dict[str, Any], orthanc: services.OrthancService) -> None:
+        import pydicom
+
+        shape = fixture["study"]
+        blobs = make_study(
+            n_series=max(1, shape["series"]),
+            n_instances=max(1, shape["instances"] // max(1, shape["series"])),
+            study_description="bench OHIF",
+            size=shape.get("size", 8),
+        )
+        names: dict[str, str] = {}
+        series_seen: list[str] = []
+        answer: dict[str, Any] = {}
+        for number, blob in enumerate(blobs):
+            stored = requests.post(f"{orthanc.url}/instances", data=blob, timeout=30)
+            stored.raise_for_status()
+            answer = stored.json()
+            ds = pydicom.dcmread(io.BytesIO(blob))
+            names["{study}"] = str(ds.StudyInstanceUID)
+            names["{patient}"] = str(ds.PatientID)
+            if ds.SeriesInstanceUID not in series_seen:
+                names[f"{{series{len(series_seen)}}}"] = str(ds.SeriesInstanceUID)
+                series_seen.append(str(ds.SeriesInstanceUID))
+            names[f"{{instance{number}}}"] = str(ds.SOPInstanceUID)
+        self.id = str(answer["ParentStudy"])
+        self.requests = [self._fill(r, names) for r in fixture["requests"]]
+        self.waves = self._waves(self.requests)
+
+    @staticmethod
+    def _fill(recorded: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        target = recorded["path"] + ("?" + recorded["query"] if recorded["query"] else "")
+        for name, value in names.items():
+            target = target.replace(name, value)
+        return {**recorded, "target": target}
+
+    @staticmethod
+    def _waves(recorded: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Group requests that overlapped in the browser; a wave starts once all before end."""
+        waves: list[list[dict[str, Any]]] = []
+        ends = 0.0
+        for request in sorted(recorded, key=lambda r: r["start"]):
+            if not waves or request["start"] >= ends:
+                waves.append([])
+            waves[-1].append(request)
+            ends = max(ends, request["end"])
+        return waves
+
+    def replay(self, base: str, headers: dict[str, str]) -> float:
+        """Replay the session against ``base``; return its wall time in seconds."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        local = threading.local()  # one kept-alive connection per browser "socket"
+        clients: list[requests.Session] = []
+
+        def one(request: dict[str, Any]) -> None:
+            if not hasattr(local, "http"):
+                local.http = requests.Session()
+                clients.append(local.http)
+            answer = local.http.request(
+                request["method"],
+                base + request["target"],
+                headers={**headers, "Accept": request["accept"]},
+                timeout=30,
+            )
+            if answer.status_code >= 500:
+                raise RuntimeError(f"{request['path']} answered {answer.status_code} at {base}")
+            _ = answer.content
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            for wave in self.waves:
+                for job in [pool.submit(one, request) for request in wave]:
+                    job.result()
+        wall = time.perf_counter() - start
+        for client in clients:
+            client.close()
+        return wall
+
+
 def timed(call: Callable[[], Any], count: int) -> list[float]:
     """Return ``count`` latencies of ``call`` in milliseconds."""
     out = []
@@ -147,7 +240,14 @@ def main() -> None:
         "--threads", type=int, default=4, help="authsvc threads per worker (>1: gthread)"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="parallel frame connections")
+    parser.add_argument(
+        "--ohif", action="store_true", help=f"also replay OHIF's session ({OHIF_SESSION.name})"
+    )
+    parser.add_argument("--ohif-only", action="store_true", help="only the OHIF session")
+    parser.add_argument("--ohif-rounds", type=int, default=20)
     args = parser.parse_args()
+    args.ohif = args.ohif or args.ohif_only
+    ohif_fixture = json.loads(OHIF_SESSION.read_text()) if args.ohif else None
 
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-gate-") as tmp:
         state = Path(tmp)
@@ -173,12 +273,13 @@ def main() -> None:
             with app.app_context():
                 init_db(db.engine)
             study = Study(orthanc, args.instances)
+            ohif = OhifSession(ohif_fixture, orthanc) if ohif_fixture is not None else None
             token = idp.password_token("carol")["access_token"]
             admin_token = idp.password_token("bob")["access_token"]
             with app.app_context():
                 admin = albums.Caller(Actor(_subject(admin_token), is_global_admin=True))
                 album = albums.create_album(admin, "bench").album.id
-                albums.add_studies(admin, album, [study.id])
+                albums.add_studies(admin, album, [study.id, *([ohif.id] if ohif else [])])
                 albums.invite_member(admin, album, "user", _subject(token), "viewer")
 
             authsvc_port = services.free_port()
@@ -214,6 +315,16 @@ def main() -> None:
                 ("nginx, no gate", f"{plain.url}/orthanc", {}),
                 ("nginx + authsvc gate", f"http://127.0.0.1:{gate_port}", bearer),
             ]
+            ohif_walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+            if ohif is not None:
+                for _, base, headers in variants:  # warm-up
+                    ohif.replay(base, headers)
+                for _ in range(args.ohif_rounds):  # interleaved, as below
+                    for name, base, headers in variants:
+                        ohif_walls[name].append(ohif.replay(base, headers))
+            if args.ohif_only:
+                _print_ohif(args, ohif, ohif_walls)
+                return
             for _, base, headers in variants:  # warm-up: caches, connections, page cache
                 session(base, study, min(args.frames, 20), headers)
             walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
@@ -303,6 +414,31 @@ def main() -> None:
         ("the view in process (no WSGI)", local_ms),
     ):
         print(f"{name:<34}{_percentile(values, 50):>8.2f}{_percentile(values, 99):>8.2f}")
+    if ohif is not None:
+        _print_ohif(args, ohif, ohif_walls)
+
+
+def _print_ohif(args: Any, ohif: OhifSession | None, walls: dict[str, list[float]]) -> None:
+    """Print the OHIF session's figures."""
+    assert ohif is not None
+    frames = sum(1 for r in ohif.requests if "/frames/" in r["path"])
+    print(
+        f"\nOHIF {ohif_version()} session ({OHIF_SESSION.name}): {len(ohif.requests)} requests "
+        f"({frames} frames) in {len(ohif.waves)} waves, {args.ohif_rounds} rounds; "
+        f"authsvc {args.workers} workers x {args.threads} threads"
+    )
+    print(f"{'variant':<24}{'median s':>10}{'min s':>9}{'vs nginx':>10}")
+    reference = statistics.median(walls["nginx, no gate"])
+    for name, values in walls.items():
+        median = statistics.median(values)
+        print(
+            f"{name:<24}{median:>10.3f}{min(values):>9.3f}{(median / reference - 1) * 100:>+9.1f}%"
+        )
+
+
+def ohif_version() -> str:
+    """Return the OHIF version the session was recorded with."""
+    return str(json.loads(OHIF_SESSION.read_text()).get("ohif", "?"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pydicom
 import pytest
@@ -256,9 +260,16 @@ def _open(context: Any) -> Page:
             if entry["request"] is response.request:
                 entry["status"] = response.status
 
+    def finished(request: Any) -> None:
+        for entry in page.dicomweb:
+            if entry["request"] is request:
+                entry["end"] = round(time.monotonic() - page.started, 4)
+
     page.page.on("console", lambda m: page.log.append(f"console {m.type}: {m.text[:300]}"))
     page.page.on("request", requested)
     page.page.on("response", answered)
+    page.page.on("requestfinished", finished)
+    page.page.on("requestfailed", finished)
     return page
 
 
@@ -312,6 +323,66 @@ def _opens(context: Any, url: str, study_uid: str) -> bool:
         raise AssertionError(f"neither an image nor a refusal:\n{attempt.report()}")
     finally:
         attempt.page.close()
+
+
+_UID_PATH = re.compile(r"/studies/([0-9.]+)(?:/series/([0-9.]+))?(?:/instances/([0-9.]+))?")
+
+
+def _save_session(page: Page, study_uid: str) -> None:
+    """Write the DICOMweb requests OHIF made to open one study (bench/gate.py replays them).
+
+    UIDs become placeholders (``{study}``, ``{series0}``, ``{instance0}``… in order of first
+    use), the credential is left out. Written to bench/ohif_session.json with
+    UPDATE_OHIF_SESSION=1, else to the temp directory (so the code always runs).
+    """
+    names: dict[str, str] = {study_uid: "{study}"}
+    counts = {"series": 0, "instance": 0}
+    recorded = []
+    for entry in sorted(page.dicomweb, key=lambda e: e["t"]):
+        split = urlsplit(entry["url"])
+        path = split.path
+        for match in _UID_PATH.finditer(path):
+            for kind, uid in (("series", match.group(2)), ("instance", match.group(3))):
+                if uid and uid not in names:
+                    names[uid] = f"{{{kind}{counts[kind]}}}"
+                    counts[kind] += 1
+        query = "&".join(
+            re.sub(r"^(00100020|PatientID)=.*", r"\1={patient}", f)
+            for f in split.query.split("&")
+            if f and not f.startswith("token=")
+        )
+        for uid, name in sorted(names.items(), key=lambda item: -len(item[0])):
+            path = path.replace(uid, name)
+            query = query.replace(uid, name)
+        recorded.append(
+            {
+                "method": entry["method"],
+                "path": path,
+                "query": query,
+                "accept": entry["request"].headers.get("accept", ""),
+                "start": entry["t"],
+                "end": entry.get("end", entry["t"]),
+                "status": entry.get("status"),
+            }
+        )
+    fixture = {
+        "what": "the DICOMweb requests OHIF made to open one album study through the gate",
+        "recorded_by": "tests/integration/test_ohif.py (UPDATE_OHIF_SESSION=1)",
+        "ohif": ohif_site.OHIF_VERSION,
+        "study": {
+            "series": counts["series"],
+            "instances": counts["instance"],
+            "size": IMAGE_SIZE,
+        },
+        "requests": recorded,
+    }
+    target = (
+        REPO / "bench" / "ohif_session.json"
+        if os.environ.get("UPDATE_OHIF_SESSION") == "1"
+        else Path(tempfile.gettempdir()) / "authsvc-ohif-session.json"
+    )
+    target.write_text(json.dumps(fixture, indent=2) + "\n")
+    assert counts["instance"] >= 1 and any("/frames/" in r["path"] for r in recorded)
 
 
 def _dismiss_tour(page: Page) -> None:
@@ -451,6 +522,8 @@ def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any)
     page.goto(viewer)
     _wait_rendered(page)
     assert all("/dicom-web/albums/" not in r["url"] for r in page.dicomweb)
+    page.page.wait_for_load_state("networkidle")
+    _save_session(page, a1.uid)
     # A study of another album, through the gate with the same token: refused.
     other = _open(context)
     other.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
