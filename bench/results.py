@@ -35,6 +35,7 @@ BENCH_OUT = ROOT / "build" / "bench"
 SUITES = [
     "tests/functional/test_attacks.py",
     "tests/functional/test_attacks_credentials.py",
+    "tests/functional/test_attacks_review.py",
     "tests/functional/test_fuzz.py",
     "tests/integration/test_faults.py",
     "tests/integration/test_scale_out.py",
@@ -57,6 +58,8 @@ FAMILIES = {
     "bodies": "oversized and deeply nested bodies",
     "secrets": "every secret used, grepped in the captured logs",
     "csrf": "admin forms without the session's token; a planted session before sign-in",
+    "session": "admin sign-in: redirect target after sign-in, idle timeout, framing and caching "
+    "headers",
     "fuzz": "schemathesis, positive and negative cases, every JSON operation",
     "faults": "Orthanc, PostgreSQL, OIDC provider stopped mid-traffic; uploads cut mid-body",
     "scale-out": "two instances behind nginx: revocation, membership, concurrent edits",
@@ -94,8 +97,41 @@ FOUND_AND_FIXED = [
     "of every client of the realm: a token minted for another application worked here; now "
     "`account` counts only with an `azp` in `oidc_trusted_clients`, and `*` is refused in "
     "production — jwt",
+    "upload and album read tokens kept working after their maker was removed from the album, "
+    "demoted or the album deleted; share links after their maker lost the study; API keys had "
+    "no way to stop with their owner; now each use asks `policy.decide_credential_backing` "
+    "(admins can disable a person) — lifecycle",
+    "`zipfile` read a ZIP's whole central directory before any limit: a 26 MB archive of "
+    "300,000 empty folders grew a worker by 144 MB; the directory is now bounded by the item "
+    "limit before it is read (413) — bodies",
+    "non-ASCII HTTP Basic credentials were a 500 on the upload routes and plugin callbacks; now "
+    "a 401 — bodies",
+    "authsvc's own sealed tokens (`up1.`/`ar1.`/`sh1.`) were not masked in log lines — secrets",
+    "nginx's error log quoted the request line, so with authsvc down every `?token=` was "
+    "logged; the templates log errors at `crit` — secrets",
+    "the gate stack forwarded users' bearer tokens, `token`/`api-key` headers and the admin "
+    "session cookie to Orthanc; stripped now (HTTP Basic still passes) — secrets",
+    "admin pages sent no framing, sniffing or caching headers (pages name patients) — session",
+    "a `next=` with CR/LF after sign-in was a 500 and dot segments left /admin — session",
+    "admin sign-ins had no idle timeout (8 h on an unattended workstation); now "
+    "`admin_session_idle_timeout`, 30 min by default — session",
 ]
-STILL_OPEN: list[str] = []
+# Each with the decision taken about it.
+STILL_OPEN = [
+    "**roles frozen in an admin session** for up to `admin_session_lifetime` (authsvc holds no "
+    "Keycloak admin credentials to re-read them). Decision: keep; a site lowers the lifetime, "
+    "and disabling the person in authsvc ends their sessions and credentials at once.",
+    "**`?token=` reaches Orthanc in the URI** (OE2 and viewers put tokens there). Decision: "
+    "keep for compatibility; Orthanc logs stay at the default level and nginx's access logs "
+    "record paths only.",
+    "**a renamed API key header is not stripped at the gate** (only the default `api-key`). "
+    "Decision: documented; a site that renames it adds one `proxy_set_header` line.",
+    "**the gate does not compare a read token's server id** with the Orthanc it guards (the "
+    "plugin path does). Decision: keep; the study would also have to carry that album's random "
+    "label, which only authsvc sets.",
+    "**`iat` is not checked** on JWTs. Decision: keep; `exp` and `nbf` bound the use, and "
+    "Keycloak's lifetimes are minutes.",
+]
 
 
 @dataclass
