@@ -565,10 +565,6 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginSite]:
         site = ohif_site.start_ohif_site(
             state / "site", site_port, "/orthanc/dicom-web", {"/orthanc/": stack.nginx_url}
         )
-        # Orthanc reads includefield lists only as repeated fields, and the plugin refuses a
-        # resource token's QIDO whose includefield it cannot parse: the setting Orthanc's own
-        # OHIF configuration uses.
-        site.configure("/orthanc/dicom-web", qidoSupportsIncludeField=False)
         try:
             yield PluginSite(stack, site)
         finally:
