@@ -279,6 +279,11 @@ def _study_list(page: Page, stack: Stack) -> set[str]:
         page.page.get_by_text(stack.studies["A1"].description).first.wait_for()
     except Exception as exc:
         raise AssertionError(f"no study list:\n{page.report()}") from exc
+    return _listed(page, stack)
+
+
+def _listed(page: Page, stack: Stack) -> set[str]:
+    """Return which of the stack's studies the page shows right now (by description)."""
     text = page.page.locator("body").inner_text()
     return {name for name, study in stack.studies.items() if study.description in text}
 
@@ -514,6 +519,27 @@ def test_album_page_ohif_link_opens_the_study_in_ohif(stack: Stack, context: Any
 
 def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any) -> None:
     token_id, token = stack.read_token(stack.album_a)
+    bearer = {"Authorization": f"Bearer {token}"}
+    # The gate answers no listing for non-admins (README): OHIF's study list on Orthanc's
+    # root stays empty, with the search refused...
+    stack.site.configure("/dicom-web")
+    listing = _open(context)
+    listing.page.set_extra_http_headers(bearer)
+    listing.goto(f"{stack.site.url}/")
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while 403 not in listing.statuses("/dicom-web/studies?"):
+        assert time.monotonic() < deadline, listing.report()
+        listing.page.wait_for_timeout(250)
+    assert not _listed(listing, stack)
+    listing.page.close()
+    # ... so a gate site searches the album root and retrieves through the gate.
+    stack.site.configure(f"/dicom-web/albums/{stack.album_a}", "/dicom-web")
+    listing = _open(context)
+    listing.page.set_extra_http_headers(bearer)
+    listing.goto(f"{stack.site.url}/")
+    assert _study_list(listing, stack) == {"A1", "A2"}
+    listing.page.close()
+
     # Everything through the gate: OHIF reads the stock Orthanc's own DICOMweb root.
     stack.site.configure("/dicom-web")
     a1 = stack.studies["A1"]
