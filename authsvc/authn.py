@@ -263,9 +263,15 @@ class Authenticator:
         api_key_prefix: str = API_KEY_PREFIX,
         admin_roles: Iterable[str] = (),
         anonymous_roles: Iterable[str] = (),
+        is_disabled: Callable[[str], bool] | None = None,
     ) -> None:
-        """Store the collaborators; does no I/O."""
+        """Store the collaborators; does no I/O.
+
+        ``is_disabled(subject)`` says whether an admin disabled that person in authsvc
+        (:func:`authsvc.makers.set_disabled`); their Keycloak tokens are then refused too.
+        """
         self.verifier = verifier
+        self.is_disabled = is_disabled
         self.roles = roles
         self.api_keys = api_keys if api_keys is not None else ApiKeyCache()
         self.api_key_prefix = api_key_prefix
@@ -280,6 +286,7 @@ class Authenticator:
         :raise TokenInvalid: the token or key is malformed, forged, unknown (401).
         :raise TokenExpired: it has expired (401).
         :raise TokenRevoked: the API key was revoked (401).
+        :raise CredentialSuspended: the person is disabled in authsvc (401).
         :raise IdentityProviderUnavailable: the provider's keys cannot be fetched (503).
         """
         bearer = (credentials.bearer or "").strip()
@@ -294,7 +301,11 @@ class Authenticator:
             return self.api_keys.identify(bearer, prefix=self.api_key_prefix)
         if self.verifier is None:
             raise Unauthenticated("Bearer tokens are not accepted: no OIDC provider is set up.")
-        return self.verifier.verify(bearer)
+        identity = self.verifier.verify(bearer)
+        if self.is_disabled is not None and identity.subject and self.is_disabled(identity.subject):
+            # Keycloak still signs their tokens until someone disables them there too.
+            raise CredentialSuspended("This person is disabled in authsvc.")
+        return identity
 
     def role_names(self, identity: Identity, config: RolesConfig) -> frozenset[str]:
         """Return every role the identity holds: realm, client and group-mapped roles."""

@@ -79,6 +79,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         api_key_prefix=API_KEY_PREFIX,
         admin_roles=settings.admin_roles,
         anonymous_roles=settings.anonymous_roles,
+        is_disabled=_person_disabled,
     )
     app.extensions["authsvc"] = Services(
         settings=settings,
@@ -98,6 +99,14 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     app.extensions["authsvc"].makers = BackingCache(ttl=cache_ttl)
     app.extensions["authsvc"].study_labels.listen_to(orthanc)
+
+
+def _person_disabled(subject: str) -> bool:
+    """Return True when an admin disabled this person in authsvc (cached with the makers'
+    answers: cleared by the process that disables, seen by the others within its TTL)."""
+    from authsvc.api_key_records import owner_backing
+
+    return not services().makers.get(("person", subject), lambda: owner_backing(subject))
 
 
 def worker_cache_ttl(settings: Settings) -> float:

@@ -199,6 +199,40 @@ def test_lifecycle_disabled_owners_api_key_stops(world: World) -> None:
     assert world.gate("GET", f"/studies/{world.b.id}", {"api-key": key}).status_code == 200
 
 
+def test_lifecycle_disabled_persons_own_keycloak_token_stops(world: World) -> None:
+    """Disabling a person here stops them too, not only what they made: Keycloak keeps signing
+    their tokens until someone disables them there as well."""
+    jwt = {"Authorization": f"Bearer {world.tokens['jwt']}"}
+    assert world.client.get("/api/albums", headers=jwt).status_code == 200
+    assert world.gate("GET", f"/studies/{world.b.id}", jwt).status_code == 200
+    assert (
+        world.client.post(f"/api/users/{sub(BOB)}/disable", headers=ADMIN_HEADERS).status_code
+        == 200
+    )
+
+    answer = world.client.get("/api/albums", headers=jwt)
+    assert answer.status_code == 401
+    assert answer.get_json()["error"] == "credential-suspended"
+    assert world.gate("GET", f"/studies/{world.b.id}", jwt).status_code == 401
+    assert (
+        world.gate("GET", f"/studies/{world.b.id}", {"token": world.tokens["jwt"]}).status_code
+        == 401
+    )
+    profile = world.plugin().post(
+        "/user/get-profile", {"token-key": "Authorization", "token-value": jwt["Authorization"]}
+    )
+    assert profile.status_code in (200, 401)
+    if profile.status_code == 200:
+        assert profile.get_json().get("permissions", []) == []
+        assert profile.get_json().get("authorized-labels", []) == []
+    # Other people are untouched, and enabling gives bob his access back.
+    assert world.client.get("/api/albums", headers=bearer("olga")).status_code == 200
+    assert (
+        world.client.post(f"/api/users/{sub(BOB)}/enable", headers=ADMIN_HEADERS).status_code == 200
+    )
+    assert world.client.get("/api/albums", headers=jwt).status_code == 200
+
+
 def test_lifecycle_only_admins_disable_people(world: World) -> None:
     for headers in (bearer("olga"), {"api-key": world.tokens["api-key"]}):
         answer = world.client.post(f"/api/users/{sub('cody')}/disable", headers=headers)
