@@ -1005,7 +1005,7 @@ class _StubIdp:
 def test_csrf_and_session_fixation_on_the_pages(
     lite: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from authsvc.views import admin
+    from authsvc.views.admin import sign_in
 
     client = lite.client
     # The attacker plants a session (sid and CSRF token of their choosing) in the victim's browser.
@@ -1014,7 +1014,7 @@ def test_csrf_and_session_fixation_on_the_pages(
         session["admin_csrf"] = "planted-csrf"
     assert client.get("/admin/albums").status_code == 302  # a planted sid opens nothing
     monkeypatch.setattr(
-        admin, "_idp", lambda: _StubIdp(oidc.make_token("olga", subject=sub("olga")))
+        sign_in, "_idp", lambda: _StubIdp(oidc.make_token("olga", subject=sub("olga")))
     )
     assert client.get("/admin/callback?code=c&state=s").status_code == 302
     with client.session_transaction() as session:

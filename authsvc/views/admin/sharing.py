@@ -1,0 +1,185 @@
+"""An album's uploads and sharing page: upload tokens and album read tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Response
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from authsvc import admin_sessions
+from authsvc import album_access
+from authsvc import albums
+from authsvc import makers
+from authsvc import upload_token_records
+from authsvc.errors import DependencyUnavailable
+from authsvc.errors import Forbidden
+from authsvc.errors import ValidationFailed
+from authsvc.policy import Action
+from authsvc.services import services
+from authsvc.views.admin import bp
+from authsvc.views.admin import signed_in
+from authsvc.views.admin._common import allowed
+from authsvc.views.admin._common import form_error
+from authsvc.views.admin._common import page_caller
+from authsvc.views.admin._common import shown_once
+
+_EXPIRY_CHOICES = (
+    (3600, "1 hour"),
+    (86_400, "1 day"),
+    (7 * 86_400, "1 week"),
+    (30 * 86_400, "30 days"),
+)
+
+
+def _token_state(row: Any) -> str:
+    """Return active / expired / revoked / used up, in words."""
+    now = dt.datetime.now(dt.UTC)
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at <= now:
+        return "expired"
+    max_uses = getattr(row, "max_uses", None)
+    if max_uses is not None and getattr(row, "use_count", 0) >= max_uses:
+        return "used up"
+    return "active"
+
+
+def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
+    """What the uploads & sharing page shows: the album, its tokens, the allowed actions."""
+    view = albums.get_album(caller, album_id)
+    role = albums.album_role(caller, album_id)
+    can_upload = allowed(caller, role, Action.ALBUM_UPLOAD_TOKEN_CREATE)
+    can_read_tokens = allowed(caller, role, Action.ALBUM_READ_TOKEN_LIST)
+    if not can_upload and not can_read_tokens:
+        raise Forbidden("Your role in this album does not allow uploads or sharing.")
+    upload_tokens = upload_token_records.list_tokens(caller, album_id) if can_upload else []
+    read_tokens = (
+        album_access.list_read_tokens(caller.actor, album_id, role) if can_read_tokens else []
+    )
+    people = admin_sessions.known_users(
+        sorted({t.created_by for t in upload_tokens} | {t.created_by for t in read_tokens})
+    )
+    base = request.url_root.rstrip("/")
+    return {
+        "view": view,
+        "role": role,
+        "upload_tokens": upload_tokens,
+        "read_tokens": read_tokens,
+        "people": people,
+        "state": _token_state,
+        "suspended": makers.album_token_suspension,
+        "can_upload": can_upload,
+        "can_share": allowed(caller, role, Action.ALBUM_READ_TOKEN_CREATE),
+        "can_revoke_read": allowed(caller, role, Action.ALBUM_READ_TOKEN_REVOKE),
+        "expiry_choices": _EXPIRY_CHOICES,
+        "upload_url": f"{base}/api/albums/{album_id}/uploads",
+        "dicomweb_url": f"{base}/dicom-web/albums/{album_id}",
+        "max_lifetime": services().settings.upload_token_max_lifetime,
+    }
+
+
+@bp.get("/albums/<album_id>/sharing")
+@signed_in
+def sharing(album_id: str) -> str:
+    """Upload tokens and read access for people and programs outside the album."""
+    return render_template("admin/sharing.html", **_sharing_context(page_caller(), album_id))
+
+
+def _expiry_seconds(limit: int) -> int:
+    try:
+        seconds = int(request.form.get("expires", "86400"))
+    except ValueError:
+        seconds = 86_400
+    return max(60, min(seconds, limit))
+
+
+@bp.post("/albums/<album_id>/upload-tokens")
+@signed_in
+def create_upload_token(album_id: str) -> Response | WerkzeugResponse:
+    """Create an upload token and show it once, with ready-to-paste examples."""
+    caller = page_caller()
+    settings = services().settings
+    body = {
+        "lifetime_seconds": _expiry_seconds(settings.upload_token_max_lifetime),
+        "note": (request.form.get("note") or "").strip()[:500] or None,
+    }
+    try:
+        issued = upload_token_records.issue(
+            caller,
+            album_id,
+            body,
+            ring=services().upload_keys,
+            limits=upload_token_records.TokenLimits(
+                default_lifetime=settings.upload_token_default_lifetime,
+                max_lifetime=settings.upload_token_max_lifetime,
+            ),
+        )
+    except ValidationFailed as exc:
+        form_error(exc)
+        return redirect(url_for("admin.sharing", album_id=album_id))
+    context = _sharing_context(caller, album_id)
+    return shown_once(
+        render_template(
+            "admin/sharing.html",
+            **context,
+            new_upload_token=issued.token,
+            new_upload_row=issued.row,
+        )
+    )
+
+
+@bp.post("/albums/<album_id>/upload-tokens/<token_id>/revoke")
+@signed_in
+def revoke_upload_token(album_id: str, token_id: str) -> WerkzeugResponse:
+    """Revoke an upload token: it stops working at once."""
+    upload_token_records.revoke(page_caller(), album_id, token_id)
+    flash("Upload token revoked: it can no longer be used.", "success")
+    return redirect(url_for("admin.sharing", album_id=album_id))
+
+
+@bp.post("/albums/<album_id>/read-tokens")
+@signed_in
+def create_read_token(album_id: str) -> Response | WerkzeugResponse:
+    """Create an album read token (a viewing link for programs) and show it once."""
+    caller = page_caller()
+    ring = services().upload_keys
+    if ring is None:
+        raise DependencyUnavailable("Sharing is not set up on this server (no token keys).")
+    try:
+        issued = album_access.issue_read_token(
+            ring,
+            caller.actor,
+            caller.name,
+            album_id,
+            albums.album_role(caller, album_id),
+            lifetime=_expiry_seconds(album_access.READ_TOKEN_MAX_LIFETIME),
+            note=(request.form.get("note") or "").strip()[:500] or None,
+        )
+    except ValidationFailed as exc:
+        form_error(exc)
+        return redirect(url_for("admin.sharing", album_id=album_id))
+    context = _sharing_context(caller, album_id)
+    return shown_once(
+        render_template(
+            "admin/sharing.html", **context, new_read_token=issued.token, new_read_row=issued.row
+        )
+    )
+
+
+@bp.post("/albums/<album_id>/read-tokens/<token_id>/revoke")
+@signed_in
+def revoke_read_token(album_id: str, token_id: str) -> WerkzeugResponse:
+    """Revoke an album read token: it stops working at once."""
+    caller = page_caller()
+    album_access.revoke_read_token(
+        caller.actor, caller.name, album_id, albums.album_role(caller, album_id), token_id
+    )
+    flash("Read access revoked: that token can no longer be used.", "success")
+    return redirect(url_for("admin.sharing", album_id=album_id))
