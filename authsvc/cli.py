@@ -173,7 +173,11 @@ def main_check_orthanc() -> None:
 @main.command("config-doc")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "toml"]), default="markdown")
 def main_config_doc(fmt: str) -> None:
-    """Print the configuration reference (Markdown table, or the example TOML file)."""
+    """Print the configuration reference.
+
+    Markdown: the table to paste between the config-table markers of docs/configuration.md;
+    toml: the content of config/authsvc.example.toml.
+    """
     from authsvc.config import example_toml
     from authsvc.config import markdown_table
 

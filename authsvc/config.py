@@ -226,7 +226,7 @@ def setting(
 class Settings:
     """Every configuration key of authsvc, with its default and meaning.
 
-    The README's configuration table and ``config/authsvc.example.toml`` are checked against
+    The table of ``docs/configuration.md`` and ``config/authsvc.example.toml`` are checked against
     this class by ``tests/unit/test_config.py``, so the documentation cannot drift.
     """
 
@@ -710,7 +710,7 @@ def _refuse_any_client(settings: Settings) -> None:
 
 
 def describe() -> list[dict[str, str]]:
-    """Return one documentation row per key (for the README table and the example file)."""
+    """Return one documentation row per key (for docs/configuration.md and the example file)."""
     rows = []
     for field in FIELDS:
         default = field.default
@@ -733,7 +733,7 @@ def describe() -> list[dict[str, str]]:
 
 
 def markdown_table() -> str:
-    """Render the configuration reference as a Markdown table (embedded in the README)."""
+    """Render the configuration reference as a Markdown table (in docs/configuration.md)."""
     lines = [
         "| key (file) | environment variable | default | secret | meaning |",
         "|---|---|---|---|---|",

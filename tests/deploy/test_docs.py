@@ -2,12 +2,16 @@
 
 Every ``AUTHSVC_*`` variable in README.md and docs/ is a setting (or its ``_FILE`` form, or one
 of the few non-setting variables), every ``authsvc <command>`` in backticks is a command of the
-CLI, and every relative link points at a file of the repository.
+CLI, and every relative link points at a file of the repository (and at a heading of it, when
+the link names one). The README stays a map: at most 12 KB, with every route family of the
+OpenAPI documents in its endpoint table.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -49,11 +53,71 @@ def test_every_command_named_exists(doc: Path) -> None:
             assert sub in group.commands, f"{doc.name}: no command 'authsvc {command} {sub}'"
 
 
+README_MAX_BYTES = 12 * 1024
+
+
+def anchors(doc: Path) -> set[str]:
+    """The heading anchors GitHub makes for a Markdown file (fenced code left out)."""
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+    seen: Counter[str] = Counter()
+    found = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#* *$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        found.add(slug if not seen[slug] else f"{slug}-{seen[slug]}")
+        seen[slug] += 1
+    return found
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_relative_links_resolve(doc: Path) -> None:
-    """[text](path) links without a scheme point at files that exist."""
+    """[text](path#anchor) links without a scheme point at files (and headings) that exist."""
     for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z]+:", target):
             continue
-        path = (doc.parent / target.split("#", 1)[0]).resolve()
+        name, _, anchor = target.partition("#")
+        path = (doc.parent / name).resolve() if name else doc
         assert path.exists(), f"{doc.name}: broken link {target}"
+        if anchor and path.suffix == ".md":
+            assert anchor in anchors(path), f"{doc.name}: no heading for {target}"
+
+
+def test_anchors_follow_github() -> None:
+    """The anchor rule matches GitHub's on the kinds of heading the docs use."""
+    page = REPO_ROOT / "docs" / "security.md"
+    found = anchors(page)
+    assert "one-nginx-auth_request-through-the-code" in found
+    assert "credentials-follow-their-makers-rights" in found
+    assert "hardening-attacks-fuzzing-faults-scale-out" in found
+
+
+def test_readme_is_a_map() -> None:
+    """README.md stays short: the details live in docs/ pages."""
+    size = len((REPO_ROOT / "README.md").read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes (at most {README_MAX_BYTES})"
+
+
+def endpoint_table() -> str:
+    """The rows of the README's endpoint table."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## Endpoints\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+
+
+def openapi_paths() -> list[str]:
+    """Every path of the JSON API's and the plugin callbacks' OpenAPI documents."""
+    paths: list[str] = []
+    for name in ("openapi.json", "openapi-plugin.json"):
+        document = json.loads((REPO_ROOT / "authsvc" / name).read_text())
+        paths.extend(document["paths"])
+    return paths
+
+
+@pytest.mark.parametrize("path", openapi_paths())
+def test_endpoint_map_names_every_route_family(path: str) -> None:
+    """The README's endpoint table names each path's family and every literal segment of it."""
+    table = endpoint_table()
+    literal = [part for part in path.strip("/").split("/") if not part.startswith("{")]
+    family = "/" + "/".join(literal[:2])
+    assert f"{family}" in table, f"README endpoint table lacks {family} (for {path})"
+    for part in literal[2:]:
+        assert re.search(rf"/{re.escape(part)}\b", table), f"README endpoint table lacks {path}"

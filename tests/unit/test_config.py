@@ -184,12 +184,12 @@ def test_every_key_is_documented_in_the_example_file() -> None:
         assert re.search(rf"^# {key} = ", example, re.M), key
 
 
-def test_readme_configuration_table_matches_the_code() -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
-    end = readme.index("<!-- config-table:end -->")
-    assert readme[start:end].strip() == config.markdown_table().strip(), (
-        "README configuration table is stale: run `authsvc config-doc` and paste it"
+def test_docs_configuration_table_matches_the_code() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    start = page.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
+    end = page.index("<!-- config-table:end -->")
+    assert page[start:end].strip() == config.markdown_table().strip(), (
+        "docs/configuration.md table is stale: run `authsvc config-doc` and paste it there"
     )
 
 
