@@ -57,6 +57,8 @@ SLACK = 5.0
 #: How long OHIF may take to show a list or draw an image on this machine.
 UI_TIMEOUT_MS = 60_000
 IMAGE_SIZE = 128
+#: Slices of the study whose DICOMweb session is recorded for bench/gate.py.
+SESSION_INSTANCES = 40
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "config" / "ohif" / "app-config.js"
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -100,9 +102,9 @@ class Stack:
         return created.json()["id"], created.json()["token"]
 
 
-def _store(orthanc: services.OrthancService, description: str) -> Study:
+def _store(orthanc: services.OrthancService, description: str, n_instances: int = 3) -> Study:
     instances = make_study(
-        n_series=1, n_instances=3, study_description=description, size=IMAGE_SIZE
+        n_series=1, n_instances=n_instances, study_description=description, size=IMAGE_SIZE
     )
     answer: dict[str, Any] = {}
     for blob in instances:
@@ -185,7 +187,8 @@ def stack(
     tokens = {u: idp.password_token(u)["access_token"] for u in ("alice", "bob", "carol")}
     studies = {
         "A1": _store(orthanc, "OHIF album A one"),
-        "A2": _store(orthanc, "OHIF album A two"),
+        # The study whose session bench/gate.py replays: a CT-like stack of slices.
+        "A2": _store(orthanc, "OHIF album A two", SESSION_INSTANCES),
         "B": _store(orthanc, "OHIF album B only"),
     }
     with app.app_context():
@@ -548,8 +551,25 @@ def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any)
     page.goto(viewer)
     _wait_rendered(page)
     assert all("/dicom-web/albums/" not in r["url"] for r in page.dicomweb)
-    page.page.wait_for_load_state("networkidle")
-    _save_session(page, a1.uid)
+    # OHIF's real request pattern for a 40-slice study, opened and scrolled through, for
+    # bench/gate.py (OHIF fetches the slices near the one shown, the others as you scroll).
+    a2 = stack.studies["A2"]
+    recorded = _open(context)
+    recorded.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={a2.uid}&token={token}")
+    _wait_rendered(recorded)
+    box = recorded.page.locator("canvas.cornerstone-canvas").first.bounding_box()
+    assert box is not None
+    recorded.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while len(set(recorded.statuses("/frames/"))) < 1 or (
+        len(recorded.statuses("/frames/")) < SESSION_INSTANCES
+    ):
+        assert time.monotonic() < deadline, recorded.report()
+        recorded.page.mouse.wheel(0, 120)
+        recorded.page.wait_for_timeout(100)
+    recorded.page.wait_for_load_state("networkidle")
+    assert recorded.statuses("/frames/") == [200] * SESSION_INSTANCES, recorded.report()
+    _save_session(recorded, a2.uid)
     # A study of another album, through the gate with the same token: refused.
     other = _open(context)
     other.goto(f"{stack.site.url}/viewer?StudyInstanceUIDs={stack.studies['B'].uid}&token={token}")
