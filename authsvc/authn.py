@@ -50,6 +50,7 @@ from authsvc.identity import normalize_group
 from authsvc.models import ApiKey
 from authsvc.models import utcnow
 from authsvc.policy import Actor
+from authsvc.policy import is_global_admin
 from authsvc.roles import Profile
 from authsvc.roles import RolesConfig
 from authsvc.roles import compose_profile
@@ -346,12 +347,14 @@ class Authenticator:
             identity = self.anonymous
         config = self.roles()
         profile = compose_profile(identity, config)
-        is_admin = ALL_PERMISSION in profile.permissions or not self.admin_roles.isdisjoint(
-            self.role_names(identity, config)
-        )
         return Actor(
             subject=identity.subject,
-            is_global_admin=is_admin and not identity.is_anonymous,
+            is_global_admin=is_global_admin(
+                authenticated=not identity.is_anonymous,
+                permissions=profile.permissions,
+                role_names=self.role_names(identity, config),
+                admin_roles=self.admin_roles,
+            ),
             permissions=profile.permissions,
             sees_all_studies=profile.all_labels,
             via_api_key=identity.kind is IdentityKind.API_KEY,

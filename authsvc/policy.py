@@ -77,6 +77,7 @@ Server-wide listing is for admins and for actors who see every study anyway (``*
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Collection
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -150,6 +151,8 @@ class Action(StrEnum):
 
     # The "noqa: S105" marks below: bandit takes "*_TOKEN_*" names for passwords.
 
+    #: The administrators' admin pages (status, audit trail): global administrators only.
+    ADMIN_PAGES_ADMINISTER = "admin:pages:administer"
     ALBUM_CREATE = "album:create"
     ALBUM_DELETE = "album:delete"
     ALBUM_EDIT = "album:edit"
@@ -561,8 +564,41 @@ ACCOUNT_RULES: Mapping[Action, AccountRule] = MappingProxyType(
         Action.SHARE_TOKEN_REVOKE: AccountRule(owner_only=True),
         # Disabling or enabling a person in authsvc (and so every credential they made).
         Action.USER_DISABLE: AccountRule(admin_only=True),
+        # The administrators' admin pages (status, audit trail) and their menu entries.
+        Action.ADMIN_PAGES_ADMINISTER: AccountRule(admin_only=True),
     }
 )
+
+
+def is_global_admin(
+    *,
+    authenticated: bool,
+    permissions: frozenset[str],
+    role_names: frozenset[str],
+    admin_roles: frozenset[str],
+) -> bool:
+    """The admin decision: is this identity a global administrator (``Actor.is_global_admin``)?
+
+    Facts in: whether the identity is authenticated, its global permissions from the role
+    configuration, the names of the roles it holds, and the configured ``admin_roles``. An
+    administrator holds the ``all`` permission or one of the admin roles; anonymous never is.
+    """
+    if not authenticated:
+        return False
+    return "all" in permissions or not admin_roles.isdisjoint(role_names)
+
+
+def sees_every_study(actor: Actor, authorized_labels: Collection[str]) -> bool:
+    """Return whether a study search for ``actor`` needs no label filter at all.
+
+    True for global administrators, for ``*`` labels in the role configuration, and for the
+    ``*`` label given with a viewing permission (``view`` or ``all``).
+    """
+    return (
+        actor.is_global_admin
+        or actor.sees_all_studies
+        or ("*" in authorized_labels and not actor.permissions.isdisjoint({"all", "view"}))
+    )
 
 
 def _decide_account(actor: Actor, rule: AccountRule, target: Target) -> Decision:

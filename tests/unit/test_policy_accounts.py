@@ -22,6 +22,7 @@ OTHERS = Target()
 
 # (action, user on own, user on others') -> expected for a plain authenticated user.
 EXPECTED_FOR_USER = {
+    Action.ADMIN_PAGES_ADMINISTER: (False, False),
     Action.API_KEY_CREATE: (True, True),
     Action.API_KEY_CREATE_SERVICE: (False, False),
     Action.API_KEY_LIST: (True, True),

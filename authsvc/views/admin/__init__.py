@@ -49,7 +49,9 @@ from authsvc.errors import Forbidden
 from authsvc.errors import OrthancError
 from authsvc.errors import OrthancUnavailable
 from authsvc.identity import Identity
+from authsvc.policy import Action
 from authsvc.policy import Actor
+from authsvc.policy import decide
 from authsvc.services import services
 
 log = logging.getLogger(__name__)
@@ -207,7 +209,7 @@ def admin_only(view: Callable[P, R]) -> Callable[P, R | WerkzeugResponse]:
     @functools.wraps(view)
     @signed_in
     def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not current_actor().is_global_admin:
+        if not decide(current_actor(), Action.ADMIN_PAGES_ADMINISTER):
             raise Forbidden("This page is for administrators.")
         return view(*args, **kwargs)
 
@@ -221,7 +223,7 @@ def template_globals() -> dict[str, Any]:
     is_admin = False
     if identity is not None:
         try:
-            is_admin = current_actor().is_global_admin
+            is_admin = bool(decide(current_actor(), Action.ADMIN_PAGES_ADMINISTER))
         except Exception:  # noqa: BLE001 - the menu must never break a page (error pages too)
             is_admin = False
     return {

@@ -13,6 +13,7 @@ from authsvc import albums
 from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed
 from authsvc.policy import Action
+from authsvc.policy import decide
 from authsvc.views.admin import bp
 from authsvc.views.admin import signed_in
 from authsvc.views.admin._common import allowed
@@ -32,7 +33,9 @@ def index() -> WerkzeugResponse:
 def albums_page() -> str:
     """My albums, with study and member counts, and the form to create one."""
     caller = page_caller()
-    everything = request.args.get("all") == "1" and caller.actor.is_global_admin
+    everything = request.args.get("all") == "1" and bool(
+        decide(caller.actor, Action.ADMIN_PAGES_ADMINISTER)
+    )
     page = albums.list_albums(caller, offset=0, limit=500, everything=everything)
     return render_template(
         "admin/albums.html",

@@ -14,10 +14,10 @@ from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import admin_sessions
-from authsvc import album_access
 from authsvc import albums
 from authsvc import makers
 from authsvc import upload_token_records
+from authsvc.albums import access as album_access
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed

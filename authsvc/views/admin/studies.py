@@ -17,6 +17,7 @@ from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.policy import Action
 from authsvc.policy import Target
+from authsvc.policy import sees_every_study
 from authsvc.services import services
 from authsvc.views.admin import bp
 from authsvc.views.admin import signed_in
@@ -146,13 +147,8 @@ def _visible_studies(caller: albums.Caller, album_row: Any, text: str) -> list[d
     if client is None:
         raise DependencyUnavailable("This album's Orthanc server is not configured.")
     member_labels, _ = albums.album_grants(caller.subject, caller.groups, caller.email, bind=False)
-    sees_everything = (
-        caller.actor.is_global_admin
-        or caller.actor.sees_all_studies
-        or ("*" in caller.labels and not caller.actor.permissions.isdisjoint({"all", "view"}))
-    )
     labels: list[str] = []
-    if not sees_everything:
+    if not sees_every_study(caller.actor, caller.labels):
         labels = sorted(set(member_labels) | (set(caller.labels) - {"*"}))
         if not labels:
             return []
