@@ -230,7 +230,7 @@ INTERNAL_ENV = {"ORTHANC_INSTANCE_NAME": "orthanc-internal", **INTERNAL_CREDENTI
 
 @pytest.fixture(scope="session")
 def internal_orthanc(kit_state: Path) -> Iterator[KitOrthanc]:
-    """The optional plugin-free Orthanc of config/orthanc/internal/ (README, the second way)."""
+    """The optional plugin-free Orthanc of config/orthanc/internal/ (docs/plugin.md, way 2)."""
     env = {**INTERNAL_ENV, "AUTHSVC_ORTHANC_PASSWORD": secrets.token_hex(16)}
     service = start_kit_orthanc(kit_state, "internal/internal.json", env, "orthanc-internal")
     service.credentials = (env["AUTHSVC_ORTHANC_USERNAME"], env["AUTHSVC_ORTHANC_PASSWORD"])

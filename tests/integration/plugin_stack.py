@@ -47,7 +47,7 @@ SERVICE_KEY = "insecure-real-plugin-service-key-0123456789abcdef"
 VALIDITY = 2
 #: The plugin caches "profile has permission P" for 10 s whatever the validity (0.9.4).
 PERMISSION_CACHE = 10
-#: authsvc's per-worker API-key cache (README: revocation reaches other workers within 5 s).
+#: authsvc's per-worker API-key cache (docs/plugin.md: revocation reaches other workers within 5 s).
 API_KEY_CACHE = 5
 #: Slack for a loaded machine on top of every bound.
 SLACK = 5.0

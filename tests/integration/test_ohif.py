@@ -50,7 +50,7 @@ from tests.integration import ohif_site
 from tests.integration import plugin_stack
 
 INSECURE_SECRET = "insecure-ohif-test-secret-key-0123456789abcdef"
-#: How long the gate's nginx may reuse a "yes" (README: a revocation reaches the gate within it).
+#: How long the gate's nginx may reuse a "yes" (docs/gate.md: a revocation reaches it within).
 GATE_CACHE_SECONDS = 2
 #: Slack on top of every bound, for a loaded 2-core machine.
 SLACK = 5.0
@@ -523,7 +523,7 @@ def test_album_page_ohif_link_opens_the_study_in_ohif(stack: Stack, context: Any
 def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any) -> None:
     token_id, token = stack.read_token(stack.album_a)
     bearer = {"Authorization": f"Bearer {token}"}
-    # The gate answers no listing for non-admins (README): OHIF's study list on Orthanc's
+    # The gate answers no listing for non-admins (docs/gate.md): OHIF's study list on Orthanc's
     # root stays empty, with the search refused...
     stack.site.configure("/dicom-web")
     listing = _open(context)
@@ -582,7 +582,7 @@ def test_gate_read_token_opens_a_study_until_revoked(stack: Stack, context: Any)
     )
     assert revoked.status_code == 200
 
-    # README: a revocation reaches the gate within gate_cache_seconds.
+    # docs/gate.md: a revocation reaches the gate within gate_cache_seconds.
     _until(
         lambda: not _opens(context, viewer, a1.uid),
         GATE_CACHE_SECONDS + SLACK,
