@@ -98,6 +98,7 @@ have_postgres_server || missing+=(postgresql)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v wrk >/dev/null || missing+=(wrk)  # load generator of `make bench`
+command -v curl >/dev/null || missing+=(curl)  # fetches the OHIF tarball below
 if ((${#missing[@]})); then
     echo "setup: installing from apt: ${missing[*]}"
     apt_install "${missing[@]}"
@@ -137,10 +138,12 @@ if [[ ! -f $ohif_dir/dist/index.html ]]; then
             die "download of @ohif/app $ohif_version failed"
         mv -f "$ohif_tgz.partial" "$ohif_tgz"
     fi
-    got=$(openssl dgst -sha512 -binary "$ohif_tgz" | base64 -w0)
-    if [[ $got != "$ohif_sha512" ]]; then
+    # npm's integrity is base64; compare as hex with coreutils only.
+    want=$(printf '%s' "$ohif_sha512" | base64 -d | od -An -v -tx1 | tr -d ' \n')
+    got=$(sha512sum "$ohif_tgz" | cut -d' ' -f1)
+    if [[ $got != "$want" ]]; then
         rm -f "$ohif_tgz"
-        die "@ohif/app $ohif_version tarball has sha512 $got, expected $ohif_sha512"
+        die "@ohif/app $ohif_version tarball has sha512 $got, expected $want"
     fi
     rm -rf "$ohif_dir.partial"
     mkdir -p "$ohif_dir.partial"
