@@ -16,7 +16,7 @@ import requests
 from flask import Flask
 from flask import current_app
 
-from authsvc.album_access import RoleCache
+from authsvc.albums.access import RoleCache
 from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.authn import Authenticator
 from authsvc.authn import ProfileCache

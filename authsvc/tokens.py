@@ -100,7 +100,7 @@ def album_token_decision(token: str, request: ValidateRequest, now: datetime) ->
     """
     if token_purpose(token) is not Purpose.ALBUM_READ:
         return None
-    from authsvc.album_access import verify_read_token
+    from authsvc.albums.access import verify_read_token
     from authsvc.services import services
 
     ring = services().upload_keys

@@ -25,7 +25,7 @@ from flask import request
 from flask import stream_with_context
 
 from authsvc import dicomweb
-from authsvc.album_access import verify_read_token
+from authsvc.albums.access import verify_read_token
 from authsvc.errors import AuthsvcError
 from authsvc.errors import BadRequest
 from authsvc.errors import NotFound

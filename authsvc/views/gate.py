@@ -30,7 +30,7 @@ from flask import Response
 from flask import current_app
 from flask import request
 
-from authsvc.album_access import verify_read_token
+from authsvc.albums.access import verify_read_token
 from authsvc.authn import Credentials
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated

@@ -15,7 +15,7 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
-from authsvc import album_access
+from authsvc.albums import access as album_access
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db

@@ -17,6 +17,7 @@ from flask import Flask
 
 from authsvc import albums
 from authsvc.albums import Caller
+from authsvc.albums import labels as pending_labels
 from authsvc.errors import Conflict
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -572,7 +573,7 @@ def test_reconcile_never_undoes_a_concurrent_removal(
     study = orthanc.add_study("1.12.1")
     albums.add_studies(ADMIN, album_id, [study.id])
     client = ctx.extensions["authsvc"].orthanc.get("main")
-    real_find, real_recorded = client.find_studies, albums._recorded
+    real_find, real_recorded = client.find_studies, pending_labels._recorded
     fired: list[str] = []
 
     def recorded_after_a_removal(album: str) -> set[str]:
@@ -593,7 +594,7 @@ def test_reconcile_never_undoes_a_concurrent_removal(
             albums.retry_pending_labels(due_only=False)
         return answer
 
-    monkeypatch.setattr(albums, "_recorded", recorded_after_a_removal)
+    monkeypatch.setattr(pending_labels, "_recorded", recorded_after_a_removal)
     monkeypatch.setattr(client, "find_studies", find_then_apply)
     report = albums.reconcile(repair=True)
     assert fired[0] == "removed"

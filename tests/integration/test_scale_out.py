@@ -33,7 +33,7 @@ from flask import Flask
 
 from authsvc import albums
 from authsvc import create_app
-from authsvc.album_access import RoleCache
+from authsvc.albums.access import RoleCache
 from authsvc.authn import ApiKeyCache
 from authsvc.database import init_db
 from authsvc.extensions import db

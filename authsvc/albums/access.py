@@ -1,4 +1,4 @@
-"""authsvc.album_access: what an album gives a caller on the read path — roles and read tokens.
+"""authsvc.albums.access: what an album gives a caller on the read path — roles and read tokens.
 
 Two questions the nginx gate and the album DICOMweb endpoint ask on every request:
 
@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc import audit
 from authsvc import makers
+from authsvc.albums.core import _principal_filter
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
 from authsvc.errors import CredentialSuspended
@@ -41,7 +42,6 @@ from authsvc.errors import TokenInvalid
 from authsvc.errors import TokenRevoked
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
-from authsvc.identity import normalize_group
 from authsvc.models import Album
 from authsvc.models import AlbumMember
 from authsvc.models import AlbumReadToken
@@ -78,10 +78,6 @@ _TOUCH_INTERVAL = dt.timedelta(seconds=60)
 
 log = logging.getLogger(__name__)
 
-_PRINCIPAL_USER = "user"
-_PRINCIPAL_GROUP = "group"
-_PRINCIPAL_EMAIL = "email"
-
 
 # --- album roles by label -------------------------------------------------------------------
 
@@ -92,27 +88,11 @@ def roles_by_label(
     """Return album label → the principal's best role there (user, group and e-mail rows)."""
     if not subject:
         return MappingProxyType({})
-    clauses = [
-        sa.and_(AlbumMember.principal_kind == _PRINCIPAL_USER, AlbumMember.principal == subject)
-    ]
-    group_list = sorted({normalize_group(g) for g in groups if normalize_group(g)})
-    if group_list:
-        clauses.append(
-            sa.and_(
-                AlbumMember.principal_kind == _PRINCIPAL_GROUP,
-                AlbumMember.principal.in_(group_list),
-            )
-        )
-    if email:
-        clauses.append(
-            sa.and_(
-                AlbumMember.principal_kind == _PRINCIPAL_EMAIL,
-                AlbumMember.principal == email.lower(),
-            )
-        )
     # album_label repeats the album's immutable label: an index-only scan, no join.
     rows = db.session.execute(
-        sa.select(AlbumMember.album_label, AlbumMember.role).where(sa.or_(*clauses))
+        sa.select(AlbumMember.album_label, AlbumMember.role).where(
+            _principal_filter(subject, groups, email)
+        )
     ).all()
     best: dict[str, AlbumRole] = {}
     for label, value in rows:
