@@ -50,7 +50,7 @@ from tests.integration import ohif_site
 from tests.integration import plugin_stack
 
 INSECURE_SECRET = "insecure-ohif-test-secret-key-0123456789abcdef"
-#: How long the gate's nginx may reuse a "yes" (docs/gate.md: a revocation reaches it within).
+#: How long the gate's nginx may reuse a "yes" (docs/gate.md: revocations take up to this long).
 GATE_CACHE_SECONDS = 2
 #: Slack on top of every bound, for a loaded 2-core machine.
 SLACK = 5.0
