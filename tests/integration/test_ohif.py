@@ -10,10 +10,18 @@ Scenarios (one stack for the first three: authsvc under gunicorn, nginx/gate.con
 front of a stock Orthanc, the test IdP):
 
 * an album's own DICOMweb root with a member's Keycloak token and with an album read token;
-* the gate: OHIF searches the album root (QIDO) and retrieves through the gate from the stock
-  Orthanc (WADO); a revoked read token stops opening studies within gate_cache_seconds;
+* the album page's OHIF link, clicked after signing in, with config/ohif/app-config.js served
+  as OHIF's configuration;
+* the gate: its listing refused, so the study list comes from the album root; a study opened
+  with everything through the gate from the stock Orthanc; a revoked read token stops opening
+  studies within gate_cache_seconds. This run also records OHIF's DICOMweb session
+  (bench/ohif_session.json with UPDATE_OHIF_SESSION=1, replayed by ``bench/gate.py --ohif``);
 * an OHIF share link made through the real plugin's ``PUT /tokens/ohif-viewer-publication``
   (tests/integration/plugin_stack.py), opened anonymously.
+
+The member's Keycloak token reaches OHIF as a header the browser context adds: it stands in for
+OHIF's own OIDC sign-in, which is not exercised here. Screenshots go to docs/screenshots with
+UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
