@@ -67,7 +67,8 @@ FAMILIES = {
 BENCHES = {
     "run": ["bench/run.py", "--duration", "3", "--rounds", "1"],
     "albums": ["bench/albums.py", "--lookups", "500", "--studies", "1000", "--rounds", "5"],
-    "gate": ["bench/gate.py", "--frames", "200", "--rounds", "5", "--decisions", "500"],
+    # --ohif: the recorded OHIF 3.13 session (bench/ohif_session.json) through the same doors.
+    "gate": ["bench/gate.py", "--frames", "200", "--rounds", "5", "--decisions", "500", "--ohif"],
     "upload": [
         "bench/upload.py",
         "--total-mb",
