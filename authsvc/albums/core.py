@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.orm import InstrumentedAttribute
 
 from authsvc import audit
 from authsvc.albums.values import AlbumView
@@ -167,24 +168,24 @@ def _check_version(album: Album, expected: int | None, *, precondition: bool) ->
         )
 
 
+def _count_by_album(
+    album_id: InstrumentedAttribute[str], album_ids: Sequence[str]
+) -> dict[str, int]:
+    """Count rows per album, ``album_id`` being a table's album column."""
+    rows = db.session.execute(
+        sa.select(album_id, sa.func.count()).where(album_id.in_(album_ids)).group_by(album_id)
+    ).all()
+    return {key: int(count) for key, count in rows}
+
+
 def _counts(album_ids: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Return (members, studies) per album."""
     if not album_ids:
         return {}, {}
-    members = dict(
-        db.session.execute(
-            sa.select(AlbumMember.album_id, sa.func.count())
-            .where(AlbumMember.album_id.in_(album_ids))
-            .group_by(AlbumMember.album_id)
-        ).all()
+    return (
+        _count_by_album(AlbumMember.album_id, album_ids),
+        _count_by_album(AlbumStudy.album_id, album_ids),
     )
-    studies = dict(
-        db.session.execute(
-            sa.select(AlbumStudy.album_id, sa.func.count())
-            .where(AlbumStudy.album_id.in_(album_ids))
-            .group_by(AlbumStudy.album_id)
-        ).all()
-    )
-    return members, studies
 
 
 def _view(album: Album, role: AlbumRole | None) -> AlbumView:

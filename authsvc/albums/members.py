@@ -185,6 +185,20 @@ def change_member_role(
     return member
 
 
+def _delete_member(caller: Caller, album: Album, member: AlbumMember, action: AuditAction) -> None:
+    """Record the member's removal, delete the row, commit, and forget cached maker answers."""
+    audit.record(
+        action,
+        caller.name,
+        f"album:{album.id}",
+        Outcome.success,
+        {**_member_json_subject(member), "role": member.role},
+    )
+    db.session.delete(member)
+    db.session.commit()
+    _membership_changed()
+
+
 def remove_member(caller: Caller, album_id: str, member_id: object) -> None:
     """Remove a member (managers; owners remove owners; never the last owner). :raise 404/403."""
     album, actor_role = _get_for(caller, album_id, Action.ALBUM_MEMBER_REMOVE, lock=True)
@@ -200,16 +214,7 @@ def remove_member(caller: Caller, album_id: str, member_id: object) -> None:
         actor_role,
         Target(owner_count=owners, member_role=role),
     )
-    audit.record(
-        AuditAction.album_member_remove,
-        caller.name,
-        f"album:{album.id}",
-        Outcome.success,
-        {**_member_json_subject(member), "role": member.role},
-    )
-    db.session.delete(member)
-    db.session.commit()
-    _membership_changed()
+    _delete_member(caller, album, member, AuditAction.album_member_remove)
 
 
 def leave_album(caller: Caller, album_id: str) -> None:
@@ -242,16 +247,7 @@ def leave_album(caller: Caller, album_id: str) -> None:
         AlbumRole(own.role),
         Target(owner_count=_owner_count(album.id)),
     )
-    audit.record(
-        AuditAction.album_leave,
-        caller.name,
-        f"album:{album.id}",
-        Outcome.success,
-        {**_member_json_subject(own), "role": own.role},
-    )
-    db.session.delete(own)
-    db.session.commit()
-    _membership_changed()
+    _delete_member(caller, album, own, AuditAction.album_leave)
 
 
 def bind_caller_invitations(caller: Caller) -> int:
