@@ -178,13 +178,18 @@ def current_user() -> Identity | None:
     return identity
 
 
+def signed_in_user() -> Identity:
+    """Return the signed-in identity; refuse if nobody is (the views calling it are @signed_in)."""
+    identity = current_user()
+    if identity is None:
+        raise Forbidden("Please sign in first.")
+    return identity
+
+
 def current_actor() -> Actor:
     """Return the policy actor of the signed-in user (global rights from the roles config)."""
     if "admin_actor" not in g:
-        identity = current_user()
-        if identity is None:
-            raise Forbidden("Please sign in first.")
-        g.admin_actor = actor_for(identity)
+        g.admin_actor = actor_for(signed_in_user())
     actor: Actor = g.admin_actor
     return actor
 

@@ -11,21 +11,19 @@ from flask import request
 from authsvc import albums
 from authsvc.authn import profile_for
 from authsvc.errors import AuthsvcError
-from authsvc.errors import Forbidden
+from authsvc.errors import NotFound
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole
 from authsvc.policy import Target
 from authsvc.policy import decide
 from authsvc.views.admin import current_actor
-from authsvc.views.admin import current_user
+from authsvc.views.admin import signed_in_user
 
 
 def page_caller() -> albums.Caller:
     """Return the signed-in user as the album use-cases see them."""
-    identity = current_user()
-    if identity is None:
-        raise Forbidden("Please sign in first.")
+    identity = signed_in_user()
     profile = profile_for(identity, with_albums=False)
     return albums.caller_for(identity, current_actor(), profile.authorized_labels)
 
@@ -98,3 +96,13 @@ def shown_once(html: str) -> Response:
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def require_revocable(action: Action, *, own: bool, missing: str) -> None:
+    """Ask the policy whether the signed-in user may revoke this credential; 404 if not.
+
+    A refusal reads as "no such credential" (``missing``): ids of other people's credentials
+    cannot be probed.
+    """
+    if not decide(current_actor(), action, target=Target(token_issued_by_actor=own)):
+        raise NotFound(missing)

@@ -15,7 +15,6 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import api_key_records
 from authsvc.errors import Forbidden
-from authsvc.errors import NotFound
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.models import ApiKey
@@ -25,10 +24,11 @@ from authsvc.policy import decide
 from authsvc.services import services
 from authsvc.views.admin import bp
 from authsvc.views.admin import current_actor
-from authsvc.views.admin import current_user
 from authsvc.views.admin import signed_in
+from authsvc.views.admin import signed_in_user
 from authsvc.views.admin._common import form_error
 from authsvc.views.admin._common import form_int
+from authsvc.views.admin._common import require_revocable
 from authsvc.views.admin._common import shown_once
 
 _KEY_EXPIRY_CHOICES = ((30, "30 days"), (90, "90 days"), (365, "1 year"), (0, "never"))
@@ -54,8 +54,7 @@ def _key_entry(row: ApiKey) -> dict[str, Any]:
 
 def _api_keys_page(**extra: Any) -> str:
     """The API keys page: the user's own keys; every key and service accounts for admins."""
-    identity = current_user()
-    assert identity is not None  # noqa: S101 - the views below are @signed_in
+    identity = signed_in_user()
     actor = current_actor()
     see_all = bool(decide(actor, Action.API_KEY_LIST_ALL))
     if not see_all and not decide(actor, Action.API_KEY_LIST):
@@ -96,8 +95,7 @@ def api_keys() -> str:
 @signed_in
 def create_api_key() -> Response | WerkzeugResponse:
     """Create an API key for oneself (holding one's own roles) or, for admins, a service account."""
-    identity = current_user()
-    assert identity is not None  # noqa: S101 - @signed_in
+    identity = signed_in_user()
     actor = current_actor()
     service = request.form.get("kind") == "service"
     action = Action.API_KEY_CREATE_SERVICE if service else Action.API_KEY_CREATE
@@ -140,15 +138,13 @@ def create_api_key() -> Response | WerkzeugResponse:
 @signed_in
 def revoke_api_key(key_id: str) -> WerkzeugResponse:
     """Revoke an API key: it stops working at once here, within seconds everywhere."""
-    identity = current_user()
-    assert identity is not None  # noqa: S101 - @signed_in
+    identity = signed_in_user()
     row = api_key_records.get_key(key_id)
-    own = api_key_records.is_owned_by(row, identity)
-    decision = decide(
-        current_actor(), Action.API_KEY_REVOKE, target=Target(token_issued_by_actor=own)
+    require_revocable(
+        Action.API_KEY_REVOKE,
+        own=api_key_records.is_owned_by(row, identity),
+        missing="No such API key.",
     )
-    if not decision:
-        raise NotFound("No such API key.")
     api_key_records.revoke_key(row, actor=identity, now=dt.datetime.now(dt.UTC))
     db.session.commit()
     services().authenticator.api_keys.forget(row.id)

@@ -15,16 +15,15 @@ from authsvc import admin_sessions
 from authsvc import api_key_records
 from authsvc import makers
 from authsvc.errors import Forbidden
-from authsvc.errors import NotFound
 from authsvc.extensions import db
 from authsvc.policy import Action
-from authsvc.policy import Target
 from authsvc.policy import decide
 from authsvc.services import services
 from authsvc.views.admin import bp
 from authsvc.views.admin import current_actor
-from authsvc.views.admin import current_user
 from authsvc.views.admin import signed_in
+from authsvc.views.admin import signed_in_user
+from authsvc.views.admin._common import require_revocable
 
 _LINK_KINDS = {
     "stone-viewer-publication": "Stone viewer link",
@@ -40,8 +39,7 @@ _LINK_KINDS = {
 @signed_in
 def share_links() -> str:
     """The viewer and download links the user made from Orthanc's interface; revoke them."""
-    identity = current_user()
-    assert identity is not None  # noqa: S101 - @signed_in
+    identity = signed_in_user()
     actor = current_actor()
     see_all = request.args.get("all") == "1" and bool(decide(actor, Action.SHARE_TOKEN_LIST_ALL))
     if not see_all and not decide(actor, Action.SHARE_TOKEN_LIST):
@@ -88,18 +86,13 @@ def share_links() -> str:
 @signed_in
 def revoke_share_link(token_id: str) -> WerkzeugResponse:
     """Revoke a share link: the viewer refuses it from now on."""
-    identity = current_user()
-    assert identity is not None  # noqa: S101 - @signed_in
+    identity = signed_in_user()
     tag = api_key_records.actor_tag(identity)
     tokens = services().share_tokens
     row = tokens.get(token_id)
-    decision = decide(
-        current_actor(),
-        Action.SHARE_TOKEN_REVOKE,
-        target=Target(token_issued_by_actor=row.created_by == tag),
+    require_revocable(
+        Action.SHARE_TOKEN_REVOKE, own=row.created_by == tag, missing="No such share link."
     )
-    if not decision:
-        raise NotFound("No such share link.")
     tokens.revoke(row, actor=tag, now=dt.datetime.now(dt.UTC))
     db.session.commit()
     flash("Link revoked: it no longer opens anything.", "success")

@@ -92,6 +92,13 @@ def sharing(album_id: str) -> str:
     return render_template("admin/sharing.html", **_sharing_context(page_caller(), album_id))
 
 
+def _reveal(caller: albums.Caller, album_id: str, **new: Any) -> Response:
+    """The sharing page showing a new token once (never cached)."""
+    return shown_once(
+        render_template("admin/sharing.html", **_sharing_context(caller, album_id), **new)
+    )
+
+
 def _expiry_seconds(limit: int) -> int:
     try:
         seconds = int(request.form.get("expires", "86400"))
@@ -124,15 +131,7 @@ def create_upload_token(album_id: str) -> Response | WerkzeugResponse:
     except ValidationFailed as exc:
         form_error(exc)
         return redirect(url_for("admin.sharing", album_id=album_id))
-    context = _sharing_context(caller, album_id)
-    return shown_once(
-        render_template(
-            "admin/sharing.html",
-            **context,
-            new_upload_token=issued.token,
-            new_upload_row=issued.row,
-        )
-    )
+    return _reveal(caller, album_id, new_upload_token=issued.token, new_upload_row=issued.row)
 
 
 @bp.post("/albums/<album_id>/upload-tokens/<token_id>/revoke")
@@ -165,12 +164,7 @@ def create_read_token(album_id: str) -> Response | WerkzeugResponse:
     except ValidationFailed as exc:
         form_error(exc)
         return redirect(url_for("admin.sharing", album_id=album_id))
-    context = _sharing_context(caller, album_id)
-    return shown_once(
-        render_template(
-            "admin/sharing.html", **context, new_read_token=issued.token, new_read_row=issued.row
-        )
-    )
+    return _reveal(caller, album_id, new_read_token=issued.token, new_read_row=issued.row)
 
 
 @bp.post("/albums/<album_id>/read-tokens/<token_id>/revoke")
