@@ -81,6 +81,22 @@ def test_relative_links_resolve(doc: Path) -> None:
             assert anchor in anchors(path), f"{doc.name}: no heading for {target}"
 
 
+#: Paths the docs name on purpose although no such file exists (a template for a new file).
+EXAMPLE_PATHS = {"authsvc/migrations/0002_add_something.sql", "authsvc/migrations/NNNN_<what>.sql"}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_repository_path_named_exists(doc: Path) -> None:
+    """`authsvc/…`, `tests/…`, `nginx/…` and the like, in backticks, name files that exist.
+
+    A module that moves must take the pages that name it along.
+    """
+    pattern = r"`((?:authsvc|tests|bench|nginx|config|scripts|docs)/[^`\s]*)`"
+    for named in sorted(set(re.findall(pattern, doc.read_text())) - EXAMPLE_PATHS):
+        path = named.split("::", 1)[0]
+        assert any(REPO_ROOT.glob(path)), f"{doc.name} names {named}, which does not exist"
+
+
 def test_anchors_follow_github() -> None:
     """The anchor rule matches GitHub's on the kinds of heading the docs use."""
     page = REPO_ROOT / "docs" / "security.md"
