@@ -1,5 +1,4 @@
-"""Loading an album and the caller's role in it, and asking the policy: the steps every use-case
-shares.
+"""Loading an album and the caller's role in it, then asking the policy: every use-case's steps.
 
 :func:`album_role` is the caller's best role in an album (as a user, through a Keycloak group
 or through an e-mail invitation). :func:`_get_for` loads an album for a caller and conceals it
