@@ -16,6 +16,13 @@ back (hidden form field ``csrf_token`` or header ``X-CSRF-Token``), checked in o
 
 Decisions come from :mod:`authsvc.policy` (through the album use-cases, which call it); the
 pages only hide what the policy would refuse, and the server refuses it anyway.
+
+This package holds the one blueprint ``admin`` and its hooks; each page is a module of its own:
+``sign_in`` (sign-in, callback, sign-out), ``album_list`` (start page, my albums, create),
+``album`` (one album: members, settings, viewer links), ``studies`` (add, pick, remove),
+``sharing`` (upload and read tokens), ``api_keys``, ``share_links``, ``roles``, ``people``,
+``audit`` (with the CSV export) and ``status``; ``_common`` has what several pages share.
+Their templates are ``templates/admin/*.html``, built from the macros in ``_macros.html``.
 """
 
 from __future__ import annotations
