@@ -616,8 +616,15 @@ class PluginSite:
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginSite]:
     state = tmp_path_factory.mktemp("ohif-plugin")
     site_port = services.free_port()
-    # authsvc builds OHIF share links on this root: the OHIF site below.
-    overrides = {"AUTHSVC_PUBLIC_OHIF_ROOT": f"http://127.0.0.1:{site_port}/"}
+    overrides = {
+        # authsvc builds OHIF share links on this root: the OHIF site below.
+        "AUTHSVC_PUBLIC_OHIF_ROOT": f"http://127.0.0.1:{site_port}/",
+        # OHIF opens a shared study with parallel requests; when the plugin sends no labels
+        # authsvc reads them from Orthanc, whose plugin then asks authsvc for the service
+        # key's profile. Sync workers all busy in such validations could not answer that
+        # nested call (docs/ohif.md): threads can.
+        "AUTHSVC_THREADS": "4",
+    }
     with plugin_stack.running_stack(state / "stack", overrides) as stack:
         site = ohif_site.start_ohif_site(
             state / "site", site_port, "/orthanc/dicom-web", {"/orthanc/": stack.nginx_url}
