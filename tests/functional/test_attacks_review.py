@@ -88,7 +88,7 @@ def test_bodies_zip_directory_larger_than_the_item_limit_needs_is_refused_before
         parsed.append(args[0])
         return real_zipfile(*args, **kwargs)
 
-    monkeypatch.setattr(uploads.zipfile, "ZipFile", recording_zipfile)
+    monkeypatch.setattr(uploads.archives.zipfile, "ZipFile", recording_zipfile)
     result, store = _ingest_zip(bomb, limits)
     assert isinstance(result.error, uploads.UploadTooLarge)
     assert "lists more entries" in result.error.message

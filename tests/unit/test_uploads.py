@@ -320,7 +320,7 @@ def test_pending_studies_are_reported() -> None:
 
 
 def test_large_instances_are_spooled_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uploads, "SPOOL_MEMORY_BYTES", 256)
+    monkeypatch.setattr(uploads.pipeline, "SPOOL_MEMORY_BYTES", 256)
     seen: list[type] = []
 
     class Recording(Store):
