@@ -3,6 +3,12 @@
 :func:`classify` turns a request's Content-Type into an :class:`UploadKind` and a boundary;
 :class:`LimitedReader` counts the bytes read against the upload limit; :func:`iter_multipart`
 cuts an RFC 2046 body into parts while holding at most a chunk and a boundary in memory.
+
+Why not werkzeug's ``sansio.multipart.MultipartDecoder``: it decodes ``multipart/form-data``
+only. It refuses a part without Content-Disposition (every STOW-RS part, and a part with no
+headers), splits at a bare LF or CR before the boundary (which binary pixel data may hold:
+the instance would be cut short), and decodes part headers as UTF-8 (a latin-1 file name
+raises). Each of these is pinned by tests/unit/test_uploads.py.
 """
 
 from __future__ import annotations

@@ -160,6 +160,28 @@ def test_small_reads_resume_the_delimiter_search_correctly(
     assert parts == tricky
 
 
+@pytest.mark.parametrize("line_break", [b"\n", b"\r"])
+def test_only_crlf_before_the_boundary_delimits_binary_bodies(line_break: bytes) -> None:
+    """RFC 2046: the delimiter is CRLF "--" boundary. Pixel data may hold a bare LF or CR
+    followed by the boundary; that is body (lenient parsers that also split there, as
+    werkzeug's MultipartDecoder does, would silently cut the instance short)."""
+    tricky = [b"AB" + line_break + b"--" + B.encode() + b"\r\nstill the same part", b"second"]
+    parts = [_rest(part) for part in uploads.iter_multipart(Trickle(multipart(tricky), 5), B)]
+    assert parts == tricky
+
+
+def test_part_headers_that_are_not_utf8_are_read_not_refused() -> None:
+    """Part headers are read as latin-1 (RFC 9110 allows obs-text), so a file name written
+    by an old client in a legacy encoding does not break the upload."""
+    body = (
+        f"--{B}\r\n".encode()
+        + b'Content-Disposition: form-data; name="f"; filename="\xe9chographie.dcm"\r\n\r\n'
+        + f"DATA\r\n--{B}--".encode()
+    )
+    parts = [(part.filename, _rest(part)) for part in uploads.iter_multipart(io.BytesIO(body), B)]
+    assert parts == [("\xe9chographie.dcm", b"DATA")]
+
+
 def _rest(part: uploads.MultipartPart) -> bytes:
     out = b""
     while chunk := part.read(1000):
