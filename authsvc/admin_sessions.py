@@ -93,7 +93,8 @@ def start_session(identity: Identity, id_token: str | None, lifetime: int) -> st
     """
     known = db.session.get(KnownUser, identity.subject)
     if known is not None and known.disabled_at is not None:
-        # Disabled in authsvc by an admin (authsvc.makers.set_disabled): no admin pages.
+        # Disabled in authsvc by an admin (authsvc.credentials.lifecycle.set_disabled): no admin
+        # pages.
         raise Forbidden("This account is disabled in authsvc: ask an administrator.")
     now = utcnow()
     session_id = secrets.token_urlsafe(32)

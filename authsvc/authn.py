@@ -32,10 +32,10 @@ from dataclasses import replace
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from authsvc.api_key_records import owner_backing
-from authsvc.api_keys import API_KEY_PREFIX
-from authsvc.api_keys import parse_api_key
-from authsvc.api_keys import verify_api_key
+from authsvc.credentials.api_key_records import owner_backing
+from authsvc.credentials.api_keys import API_KEY_PREFIX
+from authsvc.credentials.api_keys import parse_api_key
+from authsvc.credentials.api_keys import verify_api_key
 from authsvc.errors import CredentialSuspended
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
@@ -98,7 +98,7 @@ class _KeyRecord:
     expires_at: dt.datetime | None
     revoked: bool
     loaded_at: float
-    #: The person a user key acts as is disabled in authsvc (see authsvc.makers).
+    #: The person a user key acts as is disabled in authsvc (see authsvc.credentials.lifecycle).
     owner_disabled: bool = False
 
 
@@ -269,7 +269,8 @@ class Authenticator:
         """Store the collaborators; does no I/O.
 
         ``is_disabled(subject)`` says whether an admin disabled that person in authsvc
-        (:func:`authsvc.makers.set_disabled`); their Keycloak tokens are then refused too.
+        (:func:`authsvc.credentials.lifecycle.set_disabled`); their Keycloak tokens are then
+        refused too.
         """
         self.verifier = verifier
         self.is_disabled = is_disabled

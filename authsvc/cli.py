@@ -193,7 +193,7 @@ def main_keys() -> None:
 @click.option("--key-id", default=None, help="Id of the new key (default: random k<8 hex>).")
 def main_keys_generate(key_id: str | None) -> None:
     """Print a new key ring holding one fresh key."""
-    from authsvc.sealing import generate_key
+    from authsvc.credentials.sealing import generate_key
 
     click.echo(generate_key(key_id))
 
@@ -221,8 +221,8 @@ def main_keys_rotate(current: str | None, keep: int | None, key_id: str | None) 
     token lifetime, `upload_token_max_lifetime`).
     """
     from authsvc.config import load_settings
-    from authsvc.sealing import KeyRing
-    from authsvc.sealing import generate_key
+    from authsvc.credentials.sealing import KeyRing
+    from authsvc.credentials.sealing import generate_key
 
     text = current if current is not None else load_settings().upload_token_keys
     items = [item for item in text.replace(",", " ").split() if item]

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from authsvc.album_labels import validate_prefix
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import generate_key
 from authsvc.errors import ConfigError
-from authsvc.sealing import KeyRing
-from authsvc.sealing import generate_key
 
 log = logging.getLogger(__name__)
 

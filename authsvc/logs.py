@@ -25,7 +25,8 @@ _SECRET_PATTERNS = [
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"\bask_[A-Za-z0-9_-]{8,}"), "[redacted-api-key]"),
     (re.compile(r"\b(v\d+\.)[A-Za-z0-9_-]{24,}"), r"\1[redacted-token]"),
-    # Sealed tokens (authsvc/sealing.py: "<up1|ar1|sh1>.<key id>.<sealed>"): keep the kind and
+    # Sealed tokens (authsvc/credentials/sealing.py: "<up1|ar1|sh1>.<key id>.<sealed>"): keep the
+    # kind and
     # key id, which help an operator and open nothing, and mask the sealed part.
     (
         re.compile(r"\b((?:up|ar|sh)\d+\.[A-Za-z0-9_-]{1,32}\.)[A-Za-z0-9_-]{16,}"),

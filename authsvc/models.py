@@ -119,7 +119,8 @@ class KnownUser(db.Model):  # type: ignore[name-defined,misc]
 
     ``identity`` is the last :class:`~authsvc.identity.Identity` seen (admin sign-in, plugin
     profile, or making a credential): the roles and groups the credentials this person made
-    are checked against (see :mod:`authsvc.makers`). ``disabled_at`` set: an admin disabled
+    are checked against (see :mod:`authsvc.credentials.lifecycle`). ``disabled_at`` set: an admin
+    disabled
     the person in authsvc; their sign-in and every credential they made stop.
     """
 
@@ -137,7 +138,7 @@ class KnownUser(db.Model):  # type: ignore[name-defined,misc]
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]
-    """An API key: only the SHA-256 of its secret is stored (see authsvc.api_keys).
+    """An API key: only the SHA-256 of its secret is stored (see authsvc.credentials.api_keys).
 
     ``kind`` is ``user`` (acts as ``owner_subject``, the Keycloak ``sub`` of its creator) or
     ``service`` (a service account an admin created; ``owner_subject`` is ``api-key:<id>``).
@@ -291,7 +292,7 @@ class UploadToken(db.Model):  # type: ignore[name-defined,misc]
 
     The token names this row's ``id`` (its ``jti``): revocation, expiry as issued, and use
     counting are decided here. ``use_count`` only changes through one atomic
-    ``UPDATE ... WHERE use_count < max_uses`` (see :mod:`authsvc.upload_token_records`).
+    ``UPDATE ... WHERE use_count < max_uses`` (see :mod:`authsvc.credentials.upload_token_records`).
     """
 
     __tablename__ = "upload_token"

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import BadRequest
 from authsvc.errors import ValidationFailed
 from authsvc.roles import Profile
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef
 
 __all__ = [
     "CreateRequest",

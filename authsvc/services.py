@@ -17,22 +17,22 @@ from flask import Flask
 from flask import current_app
 
 from authsvc.albums.access import RoleCache
-from authsvc.api_keys import API_KEY_PREFIX
 from authsvc.authn import Authenticator
 from authsvc.authn import ProfileCache
 from authsvc.config import Settings
+from authsvc.credentials.api_keys import API_KEY_PREFIX
+from authsvc.credentials.lifecycle import BackingCache
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.share_link_records import ShareTokenService
+from authsvc.credentials.share_links import LegacyShareKey
+from authsvc.credentials.share_links import OhifDataSource
+from authsvc.credentials.share_links import PublicRoots
 from authsvc.identity import KeycloakVerifier
-from authsvc.makers import BackingCache
 from authsvc.metrics import DecisionCounters
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
 from authsvc.roles_store import RolesStore
-from authsvc.sealing import KeyRing
-from authsvc.share_tokens import LegacyShareKey
-from authsvc.share_tokens import OhifDataSource
-from authsvc.share_tokens import PublicRoots
 from authsvc.study_labels import StudyLabelCache
-from authsvc.tokens import ShareTokenService
 from authsvc.users import UserDirectory
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 def _person_disabled(subject: str) -> bool:
     """Return True when an admin disabled this person in authsvc (cached with the makers'
     answers: cleared by the process that disables, seen by the others within its TTL)."""
-    from authsvc.api_key_records import owner_backing
+    from authsvc.credentials.api_key_records import owner_backing
 
     return not services().makers.get(("person", subject), lambda: owner_backing(subject))
 

@@ -43,7 +43,8 @@ class UserDirectory:
         """Record a Keycloak user or service account (throttled per process).
 
         The identity itself (roles, groups) is kept too: the credentials this person made are
-        checked against it (:mod:`authsvc.makers`). A changed identity is written at once,
+        checked against it (:mod:`authsvc.credentials.lifecycle`). A changed identity is written
+        at once,
         an unchanged one at most once per ``remember_every`` seconds.
         """
         from authsvc.admin_sessions import identity_to_json

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from authsvc import albums  # noqa: E402
 from authsvc import create_app  # noqa: E402
-from authsvc import upload_token_records as records  # noqa: E402
+from authsvc.credentials import upload_token_records as records  # noqa: E402
+from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
-from authsvc.sealing import generate_key  # noqa: E402
 from tests import services  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 

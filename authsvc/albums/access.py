@@ -7,7 +7,7 @@ Two questions the nginx gate and the album DICOMweb endpoint ask on every reques
   invitation). One indexed query, cached a few seconds per process (:class:`RoleCache`): a
   viewer's 200 frame requests cost one query, and a membership change made elsewhere is seen
   within ``ttl`` seconds.
-* **Album read tokens.** A sealed, expiring token (:mod:`authsvc.upload_tokens`, purpose
+* **Album read tokens.** A sealed, expiring token (:mod:`authsvc.credentials.album_tokens`, purpose
   ``album-read``) naming one album, plus an ``album_read_token`` row that can be revoked.
   :func:`issue_read_token`/:func:`list_read_tokens`/:func:`revoke_read_token` are the
   use-cases behind ``/api/albums/<id>/read-tokens`` (managers and up, audited);
@@ -31,10 +31,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc import audit
-from authsvc import makers
 from authsvc.albums.core import _principal_filter
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials import lifecycle
+from authsvc.credentials.album_tokens import AlbumTokenClaims
+from authsvc.credentials.album_tokens import issue_album_read_token
+from authsvc.credentials.album_tokens import open_album_read_token
+from authsvc.credentials.sealing import KeyRing
 from authsvc.errors import CredentialSuspended
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -52,11 +56,7 @@ from authsvc.policy import AlbumRole
 from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import decide
-from authsvc.sealing import KeyRing
 from authsvc.study_labels import TtlMap
-from authsvc.upload_tokens import AlbumTokenClaims
-from authsvc.upload_tokens import issue_album_read_token
-from authsvc.upload_tokens import open_album_read_token
 
 __all__ = [
     "READ_TOKEN_DEFAULT_LIFETIME",
@@ -304,7 +304,7 @@ def verify_read_token(ring: KeyRing, token: str) -> ReadGrant:
         raise TokenInvalid("The album read token is not valid.")
     backing = read_token_backing(row, album)
     if not backing:
-        makers.audit_refusal(
+        lifecycle.audit_refusal(
             CredentialKind.ALBUM_READ_TOKEN, row.id, f"album:{album.id}", backing.reason
         )
         raise CredentialSuspended(f"This album read token no longer works: {backing.reason}.")
@@ -314,7 +314,7 @@ def verify_read_token(ring: KeyRing, token: str) -> ReadGrant:
 
 def read_token_backing(row: AlbumReadToken, album: Album | None) -> Decision:
     """Return whether the token's maker may still make read tokens for the album."""
-    return makers.album_credential_backing(
+    return lifecycle.album_credential_backing(
         CredentialKind.ALBUM_READ_TOKEN, row.id, row.created_by, album
     )
 

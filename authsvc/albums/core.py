@@ -209,7 +209,8 @@ def _label_prefix() -> str:
 
 def _membership_changed() -> None:
     """Forget this process's answers on whether credentials still stand on their makers
-    (other processes see a change within the cache TTL, see :mod:`authsvc.makers`)."""
+    (other processes see a change within the cache TTL, see
+    :mod:`authsvc.credentials.lifecycle`)."""
     from authsvc.services import services
 
     services().makers.clear()

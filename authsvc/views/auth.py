@@ -72,7 +72,8 @@ def current_identity() -> Identity:
         raise
     g.authsvc_identity = identity
     if not identity.is_anonymous:
-        # Who made a credential is checked against their last identity seen (authsvc.makers).
+        # Who made a credential is checked against their last identity seen
+        # (authsvc.credentials.lifecycle).
         services().users.remember(identity)
     return identity
 

@@ -25,11 +25,14 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
-from authsvc import api_key_records
-from authsvc import makers
-from authsvc.api_key_records import actor_tag
-from authsvc.api_key_records import key_json
 from authsvc.authn import Credentials
+from authsvc.credentials import api_key_records
+from authsvc.credentials import lifecycle
+from authsvc.credentials.api_key_records import actor_tag
+from authsvc.credentials.api_key_records import key_json
+from authsvc.credentials.share_link_records import share_token_json
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import Conflict
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -49,9 +52,6 @@ from authsvc.policy import decide
 from authsvc.policy import decide_share_creation
 from authsvc.roles import Profile
 from authsvc.services import services
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef
-from authsvc.tokens import share_token_json
 from authsvc.views.auth import bearer_from_header
 from authsvc.views.auth import current_actor
 from authsvc.views.auth import require_identity
@@ -203,7 +203,9 @@ def list_share_tokens() -> Response:
         _enforce(decide(current_actor(), Action.SHARE_TOKEN_LIST))
         rows = tokens.list(created_by=actor_tag(identity))
     now = utcnow()
-    items = [share_token_json(r, now=now, suspension=makers.share_link_suspension(r)) for r in rows]
+    items = [
+        share_token_json(r, now=now, suspension=lifecycle.share_link_suspension(r)) for r in rows
+    ]
     return jsonify(items=items)
 
 
@@ -428,7 +430,7 @@ def _set_disabled(subject: str, *, disabled: bool) -> Response:
         raise ValidationFailed(details=[{"field": "subject", "message": "not a subject"}])
     if subject == identity.subject and disabled:
         raise Conflict("Admins cannot disable themselves.")
-    row = makers.set_disabled(subject, disabled=disabled, actor=actor_tag(identity))
+    row = lifecycle.set_disabled(subject, disabled=disabled, actor=actor_tag(identity))
     db.session.commit()
     svc = services()
     svc.makers.clear()

@@ -26,6 +26,8 @@ from flask import stream_with_context
 
 from authsvc import dicomweb
 from authsvc.albums.access import verify_read_token
+from authsvc.credentials.sealing import TOKEN_TAGS
+from authsvc.credentials.sealing import Purpose
 from authsvc.errors import AuthsvcError
 from authsvc.errors import BadRequest
 from authsvc.errors import NotFound
@@ -41,8 +43,6 @@ from authsvc.policy import Action
 from authsvc.policy import TokenKind
 from authsvc.policy import decide
 from authsvc.policy import decide_token_access
-from authsvc.sealing import TOKEN_TAGS
-from authsvc.sealing import Purpose
 from authsvc.services import services
 from authsvc.views.auth import bearer_from_header
 from authsvc.views.auth import current_actor

@@ -32,6 +32,12 @@ from flask import request
 
 from authsvc.albums.access import verify_read_token
 from authsvc.authn import Credentials
+from authsvc.credentials.sealing import TOKEN_TAGS
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.share_links import INSTANT_LINK_TYPES
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef as ShareResource
+from authsvc.credentials.share_links import resources_match
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated
 from authsvc.gate import Caller
@@ -41,13 +47,7 @@ from authsvc.models import utcnow
 from authsvc.orthanc_routes import DEFAULT_CLASSIFIER
 from authsvc.policy import Actor
 from authsvc.policy import TokenKind
-from authsvc.sealing import TOKEN_TAGS
-from authsvc.sealing import Purpose
 from authsvc.services import services
-from authsvc.share_tokens import INSTANT_LINK_TYPES
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef as ShareResource
-from authsvc.share_tokens import resources_match
 from authsvc.study_labels import StudyFacts
 from authsvc.study_labels import TtlMap
 from authsvc.views.auth import bearer_from_header

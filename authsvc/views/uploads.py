@@ -30,13 +30,15 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from authsvc import audit
 from authsvc import liveness
-from authsvc import upload_token_records as records
 from authsvc import uploads
 from authsvc.albums import Caller
 from authsvc.albums import album_role
 from authsvc.albums import caller_for
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials import upload_token_records as records
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.sealing import token_purpose
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
@@ -49,8 +51,6 @@ from authsvc.orthanc import OrthancClient
 from authsvc.policy import Action
 from authsvc.policy import Denied
 from authsvc.policy import decide
-from authsvc.sealing import Purpose
-from authsvc.sealing import token_purpose
 from authsvc.services import services
 from authsvc.views.auth import bearer_from_header
 from authsvc.views.auth import current_actor

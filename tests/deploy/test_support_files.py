@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from authsvc.sealing import KeyRing
+from authsvc.credentials.sealing import KeyRing
 from tests import services
 from tests.deploy import files
 

@@ -44,7 +44,8 @@ from authsvc import albums
 from authsvc import create_app
 from authsvc import logs
 from authsvc.albums import Caller
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.api_keys import generate_api_key
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import Album
@@ -56,7 +57,6 @@ from authsvc.models import PendingLabel
 from authsvc.models import ShareToken
 from authsvc.models import UploadToken
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import oidc
 from tests.conftest import INSECURE_SECRET_KEY
 from tests.conftest import base_config
@@ -713,7 +713,7 @@ def _variants(token: str) -> Iterator[str]:
     JWT segments are base64url: a character whose unused low bits are all that changes may decode
     to the same bytes (a lenient decoder then rightly accepts it), so a replacement is kept only
     if the decoded segments differ. Sealed tokens and API keys are compared as text (authsvc
-    checks their base64 is canonical, see authsvc/sealing.py).
+    checks their base64 is canonical, see authsvc/credentials/sealing.py).
     """
     alphabet = "AQgwBRhx0_-9."
     is_jwt = token.count(".") == 2 and token.startswith("ey")

@@ -17,13 +17,13 @@ from flask import Flask
 
 from authsvc import logs
 from authsvc import uploads
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.sealing import generate_key
+from authsvc.credentials.sealing import seal
 from authsvc.orthanc_routes import Capability
 from authsvc.policy import TokenKind
 from authsvc.policy import decide_token_access
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.sealing import generate_key
-from authsvc.sealing import seal
 from authsvc.uploads import UploadKind
 from authsvc.uploads import UploadLimits
 from tests.dicom_factory import make_study

@@ -16,7 +16,7 @@ from flask import Flask
 from flask import jsonify
 from flask.testing import FlaskClient
 
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.api_keys import generate_api_key
 from authsvc.extensions import db
 from authsvc.models import ApiKey
 from authsvc.models import utcnow

@@ -20,12 +20,12 @@ from flask import Flask
 
 from authsvc import admin_sessions
 from authsvc import albums
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.api_keys import generate_api_key
+from authsvc.credentials.lifecycle import BackingCache
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
-from authsvc.makers import BackingCache
 from authsvc.models import AdminSession
 from authsvc.models import AlbumMember
 from authsvc.models import ApiKey

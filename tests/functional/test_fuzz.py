@@ -33,9 +33,9 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from authsvc import albums
 from authsvc.albums import Caller
+from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import oidc
 from tests.fake_orthanc import URL
 from tests.functional.test_uploads import UploadingOrthanc

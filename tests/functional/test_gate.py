@@ -22,11 +22,11 @@ from authsvc import albums
 from authsvc import create_app
 from authsvc import logs
 from authsvc.albums import Caller
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import AuditEvent
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import oidc
 from tests.conftest import base_config
 from tests.fake_orthanc import URL
@@ -295,10 +295,10 @@ def test_album_dicomweb_access(world: dict[str, Any]) -> None:
 
 
 def test_share_link_opens_its_study_read_only(world: dict[str, Any]) -> None:
+    from authsvc.credentials.share_links import ResourceLevel
+    from authsvc.credentials.share_links import ResourceRef
     from authsvc.models import utcnow
     from authsvc.plugin_protocol import CreateRequest
-    from authsvc.share_tokens import ResourceLevel
-    from authsvc.share_tokens import ResourceRef
 
     app: Flask = world["app"]
     client = app.test_client()

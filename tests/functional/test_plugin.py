@@ -17,7 +17,7 @@ import requests_mock as rm
 import sqlalchemy as sa
 from flask import Flask
 
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.api_keys import generate_api_key
 from authsvc.extensions import db
 from authsvc.models import ApiKey
 from authsvc.models import AuditEvent
@@ -384,7 +384,7 @@ def test_hs256_signed_with_public_key_is_anonymous(plugin: PluginClient) -> None
     import hashlib
     import hmac
 
-    from authsvc.sealing import _b64url_encode  # noqa: PLC2701 - test of a raw token shape
+    from authsvc.credentials.sealing import _b64url_encode  # noqa: PLC2701 - test of a raw token shape
 
     header = _b64url_encode(json.dumps({"alg": "HS256", "kid": oidc.KID}).encode())
     payload = _b64url_encode(

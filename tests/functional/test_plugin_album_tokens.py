@@ -18,10 +18,10 @@ from authsvc import albums
 from authsvc import create_app
 from authsvc import logs
 from authsvc.albums import Caller
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import oidc
 from tests.conftest import base_config
 from tests.fake_orthanc import URL

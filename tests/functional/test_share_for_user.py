@@ -19,10 +19,10 @@ import requests_mock as rm
 from flask import Flask
 from flask.testing import FlaskClient
 
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.api_keys import generate_api_key
+from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
 from authsvc.models import ApiKey
-from authsvc.sealing import generate_key
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 from tests.plugin_client import PluginClient

@@ -23,7 +23,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from authsvc import albums
-from authsvc.api_keys import generate_api_key
+from authsvc.credentials.album_tokens import issue_album_read_token
+from authsvc.credentials.album_tokens import issue_upload_token
+from authsvc.credentials.api_keys import generate_api_key
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.models import AlbumMember
@@ -33,10 +37,6 @@ from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.models import UploadToken
 from authsvc.models import utcnow
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.upload_tokens import issue_album_read_token
-from authsvc.upload_tokens import issue_upload_token
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
@@ -799,7 +799,7 @@ def test_the_last_use_cannot_be_won_twice(world: World) -> None:
     """Two uploads racing for a one-use token: exactly one is let through."""
     import threading
 
-    from authsvc import upload_token_records as records
+    from authsvc.credentials import upload_token_records as records
     from authsvc.errors import TokenRevoked
 
     token = world.issue("carl", max_uses=1)["token"]

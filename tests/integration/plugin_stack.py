@@ -33,7 +33,7 @@ from typing import Any
 import pydicom
 import requests
 
-from authsvc.sealing import generate_key
+from authsvc.credentials.sealing import generate_key
 from tests import deploy_kit
 from tests import services
 from tests.dicom_factory import make_study

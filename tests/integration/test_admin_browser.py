@@ -24,7 +24,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from authsvc.sealing import generate_key
+from authsvc.credentials.sealing import generate_key
 from tests import services
 from tests.dicom_factory import make_study
 

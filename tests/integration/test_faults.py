@@ -35,13 +35,13 @@ from flask import Flask
 
 from authsvc import albums
 from authsvc import create_app
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import AlbumStudy
 from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import services
 from tests.dicom_factory import make_study
 from tests.plugin_client import basic

@@ -47,10 +47,10 @@ import requests
 
 from authsvc import albums
 from authsvc import create_app
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from tests import deploy_kit
 from tests import services
 from tests.dicom_factory import make_study

@@ -471,7 +471,8 @@ def test_demoted_managers_read_token_stops_through_orthanc(stack: PluginStack) -
 # ------------------------------------------------------------------ 8. revoked share links
 
 
-#: A revoked share link is refused by every authsvc worker within 1 s (authsvc/tokens.py re-reads
+#: A revoked share link is refused by every authsvc worker within 1 s
+#: (authsvc/credentials/share_link_records.py re-reads
 #: a link in force after a second), and by Orthanc once the plugin's cache (validity) is over.
 SHARE_REVOCATION_BOUND = plugin_stack.VALIDITY + 1 + plugin_stack.SLACK
 

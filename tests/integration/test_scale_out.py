@@ -35,10 +35,10 @@ from authsvc import albums
 from authsvc import create_app
 from authsvc.albums.access import RoleCache
 from authsvc.authn import ApiKeyCache
+from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.policy import Actor
-from authsvc.sealing import generate_key
 from authsvc.views.gate import CALLER_TTL
 from tests import deploy_kit
 from tests import services

@@ -21,8 +21,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from authsvc import albums
-from authsvc import upload_token_records as records
 from authsvc.albums import Caller
+from authsvc.credentials import upload_token_records as records
 from authsvc.extensions import db
 from authsvc.models import PendingLabel
 from authsvc.orthanc import OrthancClient

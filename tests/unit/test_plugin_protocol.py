@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import BadRequest
 from authsvc.errors import ValidationFailed
 from authsvc.plugin_protocol import anonymous_profile_reply
@@ -20,8 +22,6 @@ from authsvc.plugin_protocol import profile_reply
 from authsvc.plugin_protocol import strip_bearer
 from authsvc.plugin_protocol import validate_reply
 from authsvc.roles import Profile
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef
 
 pytestmark = pytest.mark.unit
 

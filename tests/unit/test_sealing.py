@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.sealing: round trip, tampering, keys, rotation, lifetime, purposes."""
+"""Unit tests for authsvc.credentials.sealing: round trip, tampering, keys, rotation, lifetimes."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from authsvc import sealing
+from authsvc.credentials import sealing
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
 from authsvc.errors import ConfigError
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
 
 pytestmark = pytest.mark.unit
 

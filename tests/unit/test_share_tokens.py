@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.share_tokens: sealed and legacy share tokens, matching, expiry, links."""
+"""Unit tests for authsvc.credentials.share_links: sealed and legacy tokens, matching, expiry."""
 
 from __future__ import annotations
 
@@ -17,23 +17,23 @@ from joserfc import jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OctKey
 
-from authsvc import sealing
-from authsvc import share_tokens
+from authsvc.credentials import sealing
+from authsvc.credentials import share_links
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.share_links import LegacyShareKey
+from authsvc.credentials.share_links import OhifDataSource
+from authsvc.credentials.share_links import PublicRoots
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef
+from authsvc.credentials.share_links import ShareTokenClaims
+from authsvc.credentials.share_links import TokenType
 from authsvc.errors import ConfigError
 from authsvc.errors import ShareTokenExpired
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
 from authsvc.errors import ValidationFailed
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.share_tokens import LegacyShareKey
-from authsvc.share_tokens import OhifDataSource
-from authsvc.share_tokens import PublicRoots
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef
-from authsvc.share_tokens import ShareTokenClaims
-from authsvc.share_tokens import TokenType
 
 pytestmark = pytest.mark.unit
 
@@ -109,7 +109,7 @@ def issue(**overrides: Any) -> str:
         "expires_at": NOW + timedelta(days=7),
     }
     fields.update(overrides)
-    return share_tokens.issue_share_token(RING, **fields)
+    return share_links.issue_share_token(RING, **fields)
 
 
 def claims_for(*resources: ResourceRef) -> ShareTokenClaims:
@@ -141,7 +141,7 @@ def test_token_type_wire_strings() -> None:
         "inbox-link",
         "resource-instant-link",
     }
-    assert share_tokens.PUBLICATION_TYPES.isdisjoint(share_tokens.INSTANT_LINK_TYPES)
+    assert share_links.PUBLICATION_TYPES.isdisjoint(share_links.INSTANT_LINK_TYPES)
 
 
 def test_resource_levels() -> None:
@@ -167,7 +167,7 @@ def test_round_trip() -> None:
         token_type=TokenType.DOWNLOAD_INSTANT_LINK,
     )
     assert token.startswith("sh1.s1.")
-    claims = share_tokens.open_share_token(RING, token, now=NOW)
+    claims = share_links.open_share_token(RING, token, now=NOW)
     assert claims == ShareTokenClaims(
         token_type=TokenType.DOWNLOAD_INSTANT_LINK,
         resources=(STUDY_A, series),
@@ -190,13 +190,13 @@ def test_ids_are_not_readable_from_the_link() -> None:
 
 def test_link_without_expiry_never_expires() -> None:
     token = issue(expires_at=None)
-    claims = share_tokens.open_share_token(RING, token, now=datetime(9000, 1, 1, tzinfo=UTC))
+    claims = share_links.open_share_token(RING, token, now=datetime(9000, 1, 1, tzinfo=UTC))
     assert claims.expires_at is None
 
 
 def test_inbox_link_takes_no_resources() -> None:
     token = issue(token_type=TokenType.INBOX_LINK, resources=[])
-    claims = share_tokens.open_share_token(RING, token, now=NOW)
+    claims = share_links.open_share_token(RING, token, now=NOW)
     assert claims.token_type is TokenType.INBOX_LINK
     assert claims.resources == ()
     with pytest.raises(ValidationFailed):
@@ -205,7 +205,7 @@ def test_inbox_link_takes_no_resources() -> None:
 
 def test_token_type_may_be_given_as_its_wire_string() -> None:
     token = issue(token_type="ohif-viewer-publication")
-    claims = share_tokens.open_share_token(RING, token, now=NOW)
+    claims = share_links.open_share_token(RING, token, now=NOW)
     assert claims.token_type is TokenType.OHIF_VIEWER_PUBLICATION
 
 
@@ -241,10 +241,10 @@ def test_issue_rejects(overrides: dict[str, Any], field: str) -> None:
 def test_lifetime_boundaries_and_expired_type(now: datetime, valid: bool) -> None:
     token = issue(expires_at=START + timedelta(hours=1), token_type=TokenType.VIEWER_INSTANT_LINK)
     if valid:
-        assert share_tokens.open_share_token(RING, token, now=now).token_id == "share-1"
+        assert share_links.open_share_token(RING, token, now=now).token_id == "share-1"
         return
     with pytest.raises(ShareTokenExpired) as caught:
-        share_tokens.open_share_token(RING, token, now=now)
+        share_links.open_share_token(RING, token, now=now)
     assert caught.value.token_type == "viewer-instant-link"
     assert isinstance(caught.value, TokenExpired)
 
@@ -255,7 +255,7 @@ def test_tampering_is_invalid_never_expired() -> None:
     for position in range(len(token)):
         tampered = token[:position] + chr(ord(token[position]) ^ 0x04) + token[position + 1 :]
         with pytest.raises(TokenInvalid) as caught:
-            share_tokens.open_share_token(RING, tampered, now=late)
+            share_links.open_share_token(RING, tampered, now=late)
         assert type(caught.value) is TokenInvalid
 
 
@@ -268,7 +268,7 @@ def test_album_tokens_are_not_share_tokens(purpose: Purpose) -> None:
         now=NOW,
     )
     with pytest.raises(TokenInvalid, match="not a share token"):
-        share_tokens.open_share_token(RING, other, now=NOW)
+        share_links.open_share_token(RING, other, now=NOW)
 
 
 def test_share_token_is_not_an_upload_token() -> None:
@@ -296,14 +296,14 @@ def test_share_token_is_not_an_upload_token() -> None:
 def test_authentic_but_malformed_claims_are_invalid(claims: dict[str, Any]) -> None:
     token = sealing.seal(RING, Purpose.SHARE, claims, now=NOW)
     with pytest.raises(TokenInvalid) as caught:
-        share_tokens.open_share_token(RING, token, now=NOW)
+        share_links.open_share_token(RING, token, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
 @given(st.text())
 def test_garbage_is_invalid(text: str) -> None:
     with pytest.raises(TokenInvalid) as caught:
-        share_tokens.read_share_token(text, ring=RING, legacy_key=LEGACY_KEY, now=NOW)
+        share_links.read_share_token(text, ring=RING, legacy_key=LEGACY_KEY, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
@@ -321,11 +321,11 @@ def test_garbage_is_invalid(text: str) -> None:
 def test_server_binding(issued_for: str | None, expected: Any, ok: bool) -> None:
     token = issue(server_id=issued_for)
     if ok:
-        claims = share_tokens.open_share_token(RING, token, now=NOW, expected_server_id=expected)
+        claims = share_links.open_share_token(RING, token, now=NOW, expected_server_id=expected)
         assert claims.server_id == issued_for
         return
     with pytest.raises(TokenInvalid, match="share token was issued for another Orthanc server"):
-        share_tokens.open_share_token(RING, token, now=NOW, expected_server_id=expected)
+        share_links.open_share_token(RING, token, now=NOW, expected_server_id=expected)
 
 
 # --- legacy (orthanc-auth-service) tokens ---------------------------------------------------
@@ -333,7 +333,7 @@ def test_server_binding(issued_for: str | None, expected: Any, ok: bool) -> None
 
 def test_spec_vector_valid_share_decodes() -> None:
     key = LegacyShareKey(SPEC_SECRET)
-    claims = share_tokens.decode_legacy_token(key, VALID_SHARE, now=NOW)
+    claims = share_links.decode_legacy_token(key, VALID_SHARE, now=NOW)
     assert claims == ShareTokenClaims(
         token_type=TokenType.STONE_VIEWER_PUBLICATION,
         resources=(STUDY_A,),
@@ -351,7 +351,7 @@ def test_spec_vector_valid_share_decodes() -> None:
 def test_spec_vector_expired_share_reports_its_type() -> None:
     key = LegacyShareKey(SPEC_SECRET)
     with pytest.raises(ShareTokenExpired) as caught:
-        share_tokens.decode_legacy_token(key, EXPIRED_SHARE, now=NOW)
+        share_links.decode_legacy_token(key, EXPIRED_SHARE, now=NOW)
     assert caught.value.token_type == "stone-viewer-publication"
 
 
@@ -368,13 +368,13 @@ def test_legacy_key_repr_and_empty_secret() -> None:
 
 def test_wrong_secret_is_invalid() -> None:
     with pytest.raises(TokenInvalid) as caught:
-        share_tokens.decode_legacy_token(LEGACY_KEY, VALID_SHARE, now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, VALID_SHARE, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
 def test_built_token_round_trips_with_request_id() -> None:
     token = legacy_token(legacy_payload(id="toto", type="ohif-viewer-publication"))
-    claims = share_tokens.decode_legacy_token(LEGACY_KEY, token, now=NOW)
+    claims = share_links.decode_legacy_token(LEGACY_KEY, token, now=NOW)
     assert claims.request_id == "toto"
     assert claims.token_type is TokenType.OHIF_VIEWER_PUBLICATION
     assert claims.token_id is None  # not revocable one by one
@@ -384,14 +384,14 @@ def test_alg_none_is_refused() -> None:
     header = b64json({"alg": "none", "typ": "JWT"})
     unsigned = f"{header}.{b64json(legacy_payload())}."
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(LEGACY_KEY, unsigned, now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, unsigned, now=NOW)
 
 
 @pytest.mark.parametrize("alg", ["HS384", "HS512"])
 def test_other_hmac_algorithms_are_refused(alg: str) -> None:
     token = legacy_token(legacy_payload(), alg=alg)
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(LEGACY_KEY, token, now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, token, now=NOW)
 
 
 def test_header_claiming_rs256_is_refused() -> None:
@@ -399,7 +399,7 @@ def test_header_claiming_rs256_is_refused() -> None:
     _, payload, signature = good.split(".")
     forged = f"{b64json({'alg': 'RS256', 'typ': 'JWT'})}.{payload}.{signature}"
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(LEGACY_KEY, forged, now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, forged, now=NOW)
 
 
 def test_changed_payload_is_refused() -> None:
@@ -409,7 +409,7 @@ def test_changed_payload_is_refused() -> None:
         resources=[{"dicom_uid": B_UID, "orthanc_id": B_ID, "url": None, "level": "study"}]
     )
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(
+        share_links.decode_legacy_token(
             LEGACY_KEY, f"{header}.{b64json(widened)}.{signature}", now=NOW
         )
 
@@ -427,7 +427,7 @@ def test_changed_payload_is_refused() -> None:
 )
 def test_legacy_expiration_formats(expiration: str | None, expected: datetime | None) -> None:
     token = legacy_token(legacy_payload(expiration_date=expiration))
-    claims = share_tokens.decode_legacy_token(LEGACY_KEY, token, now=NOW)
+    claims = share_links.decode_legacy_token(LEGACY_KEY, token, now=NOW)
     assert claims.expires_at == expected
 
 
@@ -435,16 +435,16 @@ def test_legacy_validity_duration_alone_does_not_expire() -> None:
     # The reference folded validity-duration into expiration_date at creation; alone it is inert.
     token = legacy_token(legacy_payload(expiration_date=None, validity_duration=10))
     far = datetime(2200, 1, 1, tzinfo=UTC)
-    assert share_tokens.decode_legacy_token(LEGACY_KEY, token, now=far).expires_at is None
+    assert share_links.decode_legacy_token(LEGACY_KEY, token, now=far).expires_at is None
 
 
 def test_legacy_expiry_boundary_is_exact() -> None:
     token = legacy_token(legacy_payload(expiration_date="2030-01-01T00:00:00+00:00"))
     edge = datetime(2030, 1, 1, tzinfo=UTC)
     before = edge - timedelta(microseconds=1)
-    assert share_tokens.decode_legacy_token(LEGACY_KEY, token, now=before).legacy is True
+    assert share_links.decode_legacy_token(LEGACY_KEY, token, now=before).legacy is True
     with pytest.raises(ShareTokenExpired):
-        share_tokens.decode_legacy_token(LEGACY_KEY, token, now=edge)
+        share_links.decode_legacy_token(LEGACY_KEY, token, now=edge)
 
 
 @pytest.mark.parametrize(
@@ -467,7 +467,7 @@ def test_legacy_expiry_boundary_is_exact() -> None:
 def test_malformed_legacy_payloads_are_invalid(overrides: dict[str, Any]) -> None:
     token = legacy_token(legacy_payload(**overrides))
     with pytest.raises(TokenInvalid) as caught:
-        share_tokens.decode_legacy_token(LEGACY_KEY, token, now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, token, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
@@ -475,7 +475,7 @@ def test_legacy_payload_missing_type_is_invalid() -> None:
     payload = legacy_payload()
     del payload["type"]
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(LEGACY_KEY, legacy_token(payload), now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, legacy_token(payload), now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -484,14 +484,14 @@ def test_legacy_payload_missing_type_is_invalid() -> None:
 )
 def test_legacy_garbage_is_invalid(garbage: Any) -> None:
     with pytest.raises(TokenInvalid) as caught:
-        share_tokens.decode_legacy_token(LegacyShareKey(SPEC_SECRET), garbage, now=NOW)
+        share_links.decode_legacy_token(LegacyShareKey(SPEC_SECRET), garbage, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
 @given(st.binary())
 def test_legacy_arbitrary_bytes_are_invalid(data: bytes) -> None:
     with pytest.raises(TokenInvalid):
-        share_tokens.decode_legacy_token(LEGACY_KEY, data.decode("latin-1"), now=NOW)
+        share_links.decode_legacy_token(LEGACY_KEY, data.decode("latin-1"), now=NOW)
 
 
 # --- reading either format ------------------------------------------------------------------
@@ -499,30 +499,30 @@ def test_legacy_arbitrary_bytes_are_invalid(data: bytes) -> None:
 
 def test_read_share_token_dispatches_on_format() -> None:
     key = LegacyShareKey(SPEC_SECRET)
-    sealed = share_tokens.read_share_token(issue(), ring=RING, legacy_key=key, now=NOW)
+    sealed = share_links.read_share_token(issue(), ring=RING, legacy_key=key, now=NOW)
     assert sealed.legacy is False and sealed.token_id == "share-1"
-    legacy = share_tokens.read_share_token(VALID_SHARE, ring=RING, legacy_key=key, now=NOW)
+    legacy = share_links.read_share_token(VALID_SHARE, ring=RING, legacy_key=key, now=NOW)
     assert legacy.legacy is True
 
 
 def test_read_share_token_without_legacy_key_refuses_jwts() -> None:
     with pytest.raises(TokenInvalid):
-        share_tokens.read_share_token(VALID_SHARE, ring=RING, legacy_key=None, now=NOW)
+        share_links.read_share_token(VALID_SHARE, ring=RING, legacy_key=None, now=NOW)
 
 
 def test_read_share_token_refuses_upload_tokens_with_a_clear_message() -> None:
     upload = sealing.seal(RING, Purpose.UPLOAD, {"jti": "t"}, now=NOW)
     with pytest.raises(TokenInvalid, match="not a share token"):
-        share_tokens.read_share_token(upload, ring=RING, legacy_key=LEGACY_KEY, now=NOW)
+        share_links.read_share_token(upload, ring=RING, legacy_key=LEGACY_KEY, now=NOW)
 
 
 def test_read_share_token_server_check_applies_to_sealed_tokens_only() -> None:
     key = LegacyShareKey(SPEC_SECRET)
     with pytest.raises(TokenInvalid):
-        share_tokens.read_share_token(
+        share_links.read_share_token(
             issue(server_id="a"), ring=RING, legacy_key=key, now=NOW, expected_server_id="b"
         )
-    legacy = share_tokens.read_share_token(
+    legacy = share_links.read_share_token(
         VALID_SHARE, ring=RING, legacy_key=key, now=NOW, expected_server_id="b"
     )
     assert legacy.server_id is None
@@ -531,7 +531,7 @@ def test_read_share_token_server_check_applies_to_sealed_tokens_only() -> None:
 def test_read_share_token_reports_expired_legacy_links() -> None:
     key = LegacyShareKey(SPEC_SECRET)
     with pytest.raises(ShareTokenExpired):
-        share_tokens.read_share_token(EXPIRED_SHARE, ring=RING, legacy_key=key, now=NOW)
+        share_links.read_share_token(EXPIRED_SHARE, ring=RING, legacy_key=key, now=NOW)
 
 
 # --- resources_match ----------------------------------------------------------------------
@@ -558,23 +558,23 @@ def study(orthanc_id: str | None = None, dicom_uid: str | None = None) -> Resour
     ],
 )
 def test_direct_matching(requested: ResourceRef, granted: bool) -> None:
-    assert share_tokens.resources_match(claims_for(STUDY_A), requested) is granted
+    assert share_links.resources_match(claims_for(STUDY_A), requested) is granted
 
 
 def test_matching_needs_an_id_kind_present_on_both_sides() -> None:
     uid_only = claims_for(study(None, A_UID))
-    assert share_tokens.resources_match(uid_only, study(A_ID, A_UID)) is True
-    assert share_tokens.resources_match(uid_only, study(A_ID)) is False
+    assert share_links.resources_match(uid_only, study(A_ID, A_UID)) is True
+    assert share_links.resources_match(uid_only, study(A_ID)) is False
     oid_only = claims_for(study(A_ID))
-    assert share_tokens.resources_match(oid_only, study(None, A_UID)) is False
+    assert share_links.resources_match(oid_only, study(None, A_UID)) is False
 
 
 def test_matching_is_per_resource_not_across_resources() -> None:
     # The reference compared uids and orthanc ids across different resources; a request mixing
     # A's orthanc id with B's uid would pass there. Here each resource must agree on its own.
     both = claims_for(study(A_ID, A_UID), study(B_ID, B_UID))
-    assert share_tokens.resources_match(both, study(B_ID, B_UID)) is True
-    assert share_tokens.resources_match(both, study(A_ID, B_UID)) is False
+    assert share_links.resources_match(both, study(B_ID, B_UID)) is True
+    assert share_links.resources_match(both, study(A_ID, B_UID)) is False
 
 
 SERIES_OF_A = ResourceRef(ResourceLevel.SERIES, "ser-a", "1.2.3.1")
@@ -612,13 +612,13 @@ def test_hierarchical_matching(
     granted: bool,
 ) -> None:
     claims = claims_for(*token_resources)
-    assert share_tokens.resources_match(claims, requested, ancestors=ancestors) is granted
+    assert share_links.resources_match(claims, requested, ancestors=ancestors) is granted
 
 
 def test_spec_vectors_with_the_legacy_token() -> None:
-    claims = share_tokens.decode_legacy_token(LegacyShareKey(SPEC_SECRET), VALID_SHARE, now=NOW)
-    assert share_tokens.resources_match(claims, study(A_ID, A_UID)) is True
-    assert share_tokens.resources_match(claims, study(B_ID, B_UID)) is False
+    claims = share_links.decode_legacy_token(LegacyShareKey(SPEC_SECRET), VALID_SHARE, now=NOW)
+    assert share_links.resources_match(claims, study(A_ID, A_UID)) is True
+    assert share_links.resources_match(claims, study(B_ID, B_UID)) is False
 
 
 ids = st.text(alphabet="0123456789abcdef.-", min_size=1, max_size=12)
@@ -642,7 +642,7 @@ def test_never_granted_when_no_id_is_shared(
     requested = ResourceRef(level, orthanc_id, dicom_uid)
     if orthanc_id in known or dicom_uid in known:
         return
-    assert share_tokens.resources_match(claims, requested) is False
+    assert share_links.resources_match(claims, requested) is False
 
 
 # --- expiry of creation requests -------------------------------------------------------------
@@ -663,7 +663,7 @@ def test_never_granted_when_no_id_is_shared(
 def test_share_expires_at(
     expiration_date: str | None, validity_duration: int | None, expected: datetime | None
 ) -> None:
-    result = share_tokens.share_expires_at(
+    result = share_links.share_expires_at(
         NOW, expiration_date=expiration_date, validity_duration=validity_duration
     )
     assert result == expected
@@ -678,14 +678,14 @@ def test_share_expires_at(
         (20270101, None, "expiration-date"),
         (None, -1, "validity-duration"),
         (None, 139798367548365, "validity-duration"),  # the plugin's uninitialised garbage
-        (None, share_tokens.MAX_VALIDITY_SECONDS + 1, "validity-duration"),
+        (None, share_links.MAX_VALIDITY_SECONDS + 1, "validity-duration"),
         (None, True, "validity-duration"),
         (None, "3600", "validity-duration"),
     ],
 )
 def test_share_expires_at_rejects(expiration_date: Any, validity_duration: Any, field: str) -> None:
     with pytest.raises(ValidationFailed) as caught:
-        share_tokens.share_expires_at(
+        share_links.share_expires_at(
             NOW, expiration_date=expiration_date, validity_duration=validity_duration
         )
     assert field in caught.value.details
@@ -693,15 +693,15 @@ def test_share_expires_at_rejects(expiration_date: Any, validity_duration: Any, 
 
 def test_share_expires_at_max_lifetime_caps() -> None:
     cap = timedelta(days=30)
-    capped = share_tokens.share_expires_at(
+    capped = share_links.share_expires_at(
         NOW, expiration_date=None, validity_duration=None, max_lifetime=cap
     )
     assert capped == NOW + cap
-    long = share_tokens.share_expires_at(
+    long = share_links.share_expires_at(
         NOW, expiration_date=None, validity_duration=365 * 86400, max_lifetime=cap
     )
     assert long == NOW + cap
-    short = share_tokens.share_expires_at(
+    short = share_links.share_expires_at(
         NOW, expiration_date=None, validity_duration=60, max_lifetime=cap
     )
     assert short == NOW + timedelta(seconds=60)
@@ -719,7 +719,7 @@ TOKEN = "sh1.s1.AbC-_x"
 
 
 def test_spec_d1_stone_redirect_url_is_exact() -> None:
-    url = share_tokens.redirect_url(
+    url = share_links.redirect_url(
         TokenType.STONE_VIEWER_PUBLICATION,
         "VALID_SHARE",
         [STUDY_A],
@@ -734,10 +734,10 @@ def test_spec_d1_stone_redirect_url_is_exact() -> None:
 
 def test_spec_t1_publication_goes_to_the_landing_page() -> None:
     roots = PublicRoots(orthanc="http://localhost/orthanc/", landing_page=LANDING)
-    url = share_tokens.creation_url(TokenType.STONE_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
+    url = share_links.creation_url(TokenType.STONE_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
     assert url == f"{LANDING}?token={TOKEN}"
     # The decode answer skips the landing page.
-    direct = share_tokens.redirect_url(TokenType.STONE_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
+    direct = share_links.redirect_url(TokenType.STONE_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
     assert direct is not None and direct.startswith("http://localhost/orthanc/stone-webviewer/")
 
 
@@ -776,43 +776,43 @@ def test_spec_t1_publication_goes_to_the_landing_page() -> None:
     ],
 )
 def test_direct_viewer_urls(token_type: TokenType, roots: PublicRoots, expected: str) -> None:
-    assert share_tokens.creation_url(token_type, TOKEN, [STUDY_A, STUDY_B], roots) == expected
-    assert share_tokens.redirect_url(token_type, TOKEN, [STUDY_A, STUDY_B], roots) == expected
+    assert share_links.creation_url(token_type, TOKEN, [STUDY_A, STUDY_B], roots) == expected
+    assert share_links.redirect_url(token_type, TOKEN, [STUDY_A, STUDY_B], roots) == expected
 
 
-@pytest.mark.parametrize("token_type", sorted(share_tokens.INSTANT_LINK_TYPES))
+@pytest.mark.parametrize("token_type", sorted(share_links.INSTANT_LINK_TYPES))
 def test_instant_links_have_no_url(token_type: TokenType) -> None:
-    assert share_tokens.creation_url(token_type, TOKEN, [STUDY_A], PublicRoots()) is None
-    assert share_tokens.redirect_url(token_type, TOKEN, [STUDY_A], ROOTS) is None
+    assert share_links.creation_url(token_type, TOKEN, [STUDY_A], PublicRoots()) is None
+    assert share_links.redirect_url(token_type, TOKEN, [STUDY_A], ROOTS) is None
 
 
 def test_meddream_links() -> None:
-    instant = share_tokens.creation_url(
+    instant = share_links.creation_url(
         TokenType.MEDDREAM_INSTANT_LINK, "md-token", [STUDY_A, STUDY_B], ROOTS
     )
     assert instant == f"http://localhost/meddream/?study={A_UID},{B_UID}&token=md-token"
     roots = PublicRoots(meddream="http://localhost/meddream/", landing_page=LANDING)
-    publication = share_tokens.creation_url(
+    publication = share_links.creation_url(
         TokenType.MEDDREAM_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots
     )
     assert publication == f"{LANDING}?token={TOKEN}"
     # Its redirect needs a fresh MedDream token: the caller builds it, not redirect_url.
     assert (
-        share_tokens.redirect_url(TokenType.MEDDREAM_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
+        share_links.redirect_url(TokenType.MEDDREAM_VIEWER_PUBLICATION, TOKEN, [STUDY_A], roots)
         is None
     )
 
 
 def test_inbox_links() -> None:
-    default = share_tokens.creation_url(TokenType.INBOX_LINK, TOKEN, [], ROOTS)
+    default = share_links.creation_url(TokenType.INBOX_LINK, TOKEN, [], ROOTS)
     assert default == f"http://localhost/orthanc/ui/app/inbox.html?token={TOKEN}"
     custom = PublicRoots(inbox_page="https://pacs.example.org/inbox.html?x=1#top")
-    assert share_tokens.creation_url(TokenType.INBOX_LINK, TOKEN, [], custom) == (
+    assert share_links.creation_url(TokenType.INBOX_LINK, TOKEN, [], custom) == (
         f"https://pacs.example.org/inbox.html?token={TOKEN}"
     )
-    assert share_tokens.redirect_url(TokenType.INBOX_LINK, TOKEN, [], ROOTS) is None
+    assert share_links.redirect_url(TokenType.INBOX_LINK, TOKEN, [], ROOTS) is None
     with pytest.raises(ValidationFailed, match="inbox page"):
-        share_tokens.creation_url(TokenType.INBOX_LINK, TOKEN, [], PublicRoots())
+        share_links.creation_url(TokenType.INBOX_LINK, TOKEN, [], PublicRoots())
 
 
 def test_roots_are_normalised() -> None:
@@ -864,35 +864,35 @@ def test_links_that_cannot_be_built_are_refused(
     token_type: TokenType, roots: PublicRoots, resources: list[ResourceRef], reason: str
 ) -> None:
     with pytest.raises(ValidationFailed, match=reason):
-        share_tokens.check_creatable(token_type, resources, roots)
+        share_links.check_creatable(token_type, resources, roots)
     with pytest.raises(ValidationFailed, match=reason):
-        share_tokens.creation_url(token_type, TOKEN, resources, roots)
+        share_links.creation_url(token_type, TOKEN, resources, roots)
 
 
 def test_landing_page_does_not_hide_missing_viewer_ids() -> None:
     roots = PublicRoots(orthanc="http://h/", landing_page=LANDING)
     with pytest.raises(ValidationFailed):
-        share_tokens.check_creatable(TokenType.STONE_VIEWER_PUBLICATION, [study(A_ID)], roots)
+        share_links.check_creatable(TokenType.STONE_VIEWER_PUBLICATION, [study(A_ID)], roots)
 
 
 def test_redirect_url_is_none_when_it_cannot_be_built() -> None:
     assert (
-        share_tokens.redirect_url(
+        share_links.redirect_url(
             TokenType.STONE_VIEWER_PUBLICATION, TOKEN, [STUDY_A], PublicRoots()
         )
         is None
     )
-    assert share_tokens.redirect_url("made-up", TOKEN, [STUDY_A], ROOTS) is None  # type: ignore[arg-type]
+    assert share_links.redirect_url("made-up", TOKEN, [STUDY_A], ROOTS) is None  # type: ignore[arg-type]
 
 
 def test_unknown_type_is_a_validation_error_for_creation() -> None:
     with pytest.raises(ValidationFailed):
-        share_tokens.creation_url("made-up", TOKEN, [STUDY_A], ROOTS)  # type: ignore[arg-type]
+        share_links.creation_url("made-up", TOKEN, [STUDY_A], ROOTS)  # type: ignore[arg-type]
 
 
 def test_values_are_quoted_so_they_cannot_inject_parameters() -> None:
     odd = study(None, "1.2&admin=1")
-    url = share_tokens.creation_url(TokenType.STONE_VIEWER_PUBLICATION, "a&b=c", [odd], ROOTS)
+    url = share_links.creation_url(TokenType.STONE_VIEWER_PUBLICATION, "a&b=c", [odd], ROOTS)
     assert url is not None
     assert "&admin=1" not in url and "&b=c" not in url
     assert "1.2%26admin%3D1" in url and "token=a%26b%3Dc" in url

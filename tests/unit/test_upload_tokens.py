@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.upload_tokens: upload and album-read tokens over sealing."""
+"""Unit tests for authsvc.credentials.album_tokens: upload and album-read tokens over sealing."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authsvc import sealing
-from authsvc import upload_tokens
+from authsvc.credentials import album_tokens
+from authsvc.credentials import sealing
+from authsvc.credentials.album_tokens import AlbumTokenClaims
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
 from authsvc.errors import ValidationFailed
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.upload_tokens import AlbumTokenClaims
 
 pytestmark = pytest.mark.unit
 
@@ -31,12 +31,12 @@ START = datetime(2025, 6, 1, 8, 30, 15, tzinfo=UTC)
 WEEK = timedelta(days=7)
 
 ISSUE = {
-    Purpose.UPLOAD: upload_tokens.issue_upload_token,
-    Purpose.ALBUM_READ: upload_tokens.issue_album_read_token,
+    Purpose.UPLOAD: album_tokens.issue_upload_token,
+    Purpose.ALBUM_READ: album_tokens.issue_album_read_token,
 }
 OPEN = {
-    Purpose.UPLOAD: upload_tokens.open_upload_token,
-    Purpose.ALBUM_READ: upload_tokens.open_album_read_token,
+    Purpose.UPLOAD: album_tokens.open_upload_token,
+    Purpose.ALBUM_READ: album_tokens.open_album_read_token,
 }
 
 
@@ -71,7 +71,7 @@ def test_round_trip(purpose: Purpose) -> None:
 
 
 def test_issue_is_the_upload_issuer() -> None:
-    token = upload_tokens.issue(
+    token = album_tokens.issue(
         RING,
         token_id="t",
         album_id="a",
@@ -80,8 +80,8 @@ def test_issue_is_the_upload_issuer() -> None:
         lifetime=WEEK,
         now=NOW,
     )
-    assert upload_tokens.open_upload_token(RING, token, now=NOW).purpose is Purpose.UPLOAD
-    assert upload_tokens.UploadTokenClaims is AlbumTokenClaims
+    assert album_tokens.open_upload_token(RING, token, now=NOW).purpose is Purpose.UPLOAD
+    assert album_tokens.UploadTokenClaims is AlbumTokenClaims
 
 
 def test_tokens_stay_short_enough_for_a_command_line() -> None:
@@ -118,7 +118,7 @@ def test_share_tokens_are_not_album_tokens(purpose: Purpose) -> None:
 
 def test_generic_functions_refuse_the_share_purpose() -> None:
     with pytest.raises(ValueError):
-        upload_tokens.issue_album_token(
+        album_tokens.issue_album_token(
             RING,
             Purpose.SHARE,
             token_id="t",
@@ -129,12 +129,12 @@ def test_generic_functions_refuse_the_share_purpose() -> None:
             now=NOW,
         )
     with pytest.raises(ValueError):
-        upload_tokens.open_album_token(RING, Purpose.SHARE, make(), now=NOW)
+        album_tokens.open_album_token(RING, Purpose.SHARE, make(), now=NOW)
 
 
 def test_wrong_key_is_invalid() -> None:
     with pytest.raises(TokenInvalid):
-        upload_tokens.open_upload_token(OTHER_RING, make(), now=NOW)
+        album_tokens.open_upload_token(OTHER_RING, make(), now=NOW)
 
 
 def test_tampering_is_invalid() -> None:
@@ -142,14 +142,14 @@ def test_tampering_is_invalid() -> None:
     for position in range(len(token)):
         tampered = token[:position] + chr(ord(token[position]) ^ 1) + token[position + 1 :]
         with pytest.raises(TokenInvalid) as caught:
-            upload_tokens.open_upload_token(RING, tampered, now=NOW)
+            album_tokens.open_upload_token(RING, tampered, now=NOW)
         assert type(caught.value) is TokenInvalid
 
 
 @given(st.text())
 def test_garbage_is_invalid(text: str) -> None:
     with pytest.raises(TokenInvalid) as caught:
-        upload_tokens.open_upload_token(RING, text, now=NOW)
+        album_tokens.open_upload_token(RING, text, now=NOW)
     assert type(caught.value) is TokenInvalid
 
 
@@ -168,10 +168,10 @@ def test_garbage_is_invalid(text: str) -> None:
 def test_lifetime_boundaries(now: datetime, valid: bool) -> None:
     token = make()
     if valid:
-        assert upload_tokens.open_upload_token(RING, token, now=now).token_id == "tok-1"
+        assert album_tokens.open_upload_token(RING, token, now=now).token_id == "tok-1"
     else:
         with pytest.raises(TokenExpired):
-            upload_tokens.open_upload_token(RING, token, now=now)
+            album_tokens.open_upload_token(RING, token, now=now)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_lifetime_must_be_at_least_a_second(lifetime: timedelta) -> None:
 
 
 def test_one_second_lifetime_works() -> None:
-    claims = upload_tokens.open_upload_token(RING, make(lifetime=timedelta(seconds=1)), now=NOW)
+    claims = album_tokens.open_upload_token(RING, make(lifetime=timedelta(seconds=1)), now=NOW)
     assert claims.expires_at - claims.not_before == timedelta(seconds=1)
 
 
@@ -194,7 +194,7 @@ def test_album_tokens_always_expire() -> None:
         RING, Purpose.UPLOAD, {"jti": "t", "alb": "a", "srv": None, "iss": "i"}, now=NOW
     )
     with pytest.raises(TokenInvalid):
-        upload_tokens.open_upload_token(RING, token, now=NOW)
+        album_tokens.open_upload_token(RING, token, now=NOW)
 
 
 # --- validation of issued fields -------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_issue_rejects_bad_fields(field: str, value: Any) -> None:
 def test_authentic_tokens_with_malformed_claims_are_invalid(claims: dict[str, Any]) -> None:
     token = sealing.seal(RING, Purpose.UPLOAD, {**claims, "exp": 2_000_000_000}, now=NOW)
     with pytest.raises(TokenInvalid):
-        upload_tokens.open_upload_token(RING, token, now=NOW)
+        album_tokens.open_upload_token(RING, token, now=NOW)
 
 
 # --- server binding -------------------------------------------------------------------------
@@ -264,14 +264,14 @@ def test_server_binding(purpose: Purpose, issued_for: str | None, expected: Any,
 
 def test_default_is_any_server() -> None:
     token = make(server_id="orthanc-a")
-    assert upload_tokens.open_upload_token(RING, token, now=NOW).server_id == "orthanc-a"
+    assert album_tokens.open_upload_token(RING, token, now=NOW).server_id == "orthanc-a"
 
 
 def test_rotation_reports_the_key_that_opened() -> None:
     old = make()
     rotated = KeyRing([("k2", b"insecure-upload-test-key-2222222"), ("k1", RING_KEY)])
-    assert upload_tokens.open_upload_token(rotated, old, now=NOW).key_id == "k1"
-    fresh = upload_tokens.issue_upload_token(
+    assert album_tokens.open_upload_token(rotated, old, now=NOW).key_id == "k1"
+    fresh = album_tokens.issue_upload_token(
         rotated,
         token_id="t2",
         album_id="a",
@@ -280,7 +280,7 @@ def test_rotation_reports_the_key_that_opened() -> None:
         lifetime=WEEK,
         now=NOW,
     )
-    assert upload_tokens.open_upload_token(rotated, fresh, now=NOW).key_id == "k2"
+    assert album_tokens.open_upload_token(rotated, fresh, now=NOW).key_id == "k2"
 
 
 # --- every byte, and rotation through the CLI ----------------------------------------------------
@@ -298,15 +298,15 @@ def test_flipping_any_bit_of_the_sealed_bytes_is_invalid() -> None:
             forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
             raw[index] ^= 1 << bit
             with pytest.raises(TokenInvalid) as caught:
-                upload_tokens.open_upload_token(RING, f"{tag}.{key_id}.{forged}", now=NOW)
+                album_tokens.open_upload_token(RING, f"{tag}.{key_id}.{forged}", now=NOW)
             assert type(caught.value) is TokenInvalid
 
 
 def test_not_before_is_enforced_for_upload_tokens() -> None:
     token = make(now=NOW + timedelta(hours=1))
     with pytest.raises(TokenExpired, match="not valid yet"):
-        upload_tokens.open_upload_token(RING, token, now=NOW)
-    assert upload_tokens.open_upload_token(RING, token, now=NOW + timedelta(hours=2)).album_id
+        album_tokens.open_upload_token(RING, token, now=NOW)
+    assert album_tokens.open_upload_token(RING, token, now=NOW + timedelta(hours=2)).album_id
 
 
 def test_keys_cli_generate_and_rotate_keep_live_tokens_working() -> None:
@@ -318,7 +318,7 @@ def test_keys_cli_generate_and_rotate_keep_live_tokens_working() -> None:
     first = runner.invoke(main, ["keys", "generate", "--key-id", "old"])
     assert first.exit_code == 0
     old_ring = KeyRing.from_text(first.output.strip())
-    token = upload_tokens.issue_upload_token(
+    token = album_tokens.issue_upload_token(
         old_ring,
         token_id="t",
         album_id="a",
@@ -332,13 +332,13 @@ def test_keys_cli_generate_and_rotate_keep_live_tokens_working() -> None:
     ring = KeyRing.from_text(rotated.output.strip())
     assert ring.key_ids[1:] == ("old",) and ring.primary_key_id != "old"
     # Live tokens keep opening; new ones are sealed with the new key.
-    assert upload_tokens.open_upload_token(ring, token, now=NOW).key_id == "old"
-    fresh = upload_tokens.issue_upload_token(
+    assert album_tokens.open_upload_token(ring, token, now=NOW).key_id == "old"
+    fresh = album_tokens.issue_upload_token(
         ring, token_id="u", album_id="a", server_id=None, issuer="i", lifetime=WEEK, now=NOW
     )
     assert fresh.split(".")[1] == ring.primary_key_id
     with pytest.raises(TokenInvalid):
-        upload_tokens.open_upload_token(old_ring, fresh, now=NOW)
+        album_tokens.open_upload_token(old_ring, fresh, now=NOW)
     # --keep 1 after a second rotation drops the oldest key.
     again = runner.invoke(
         main, ["keys", "rotate", "--current", rotated.output.strip(), "--keep", "1"]

@@ -13,7 +13,7 @@ from flask import request
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import api_key_records
+from authsvc.credentials import api_key_records
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db

@@ -9,8 +9,8 @@ from flask import render_template
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import api_key_records
-from authsvc import makers
+from authsvc.credentials import api_key_records
+from authsvc.credentials import lifecycle
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.models import KnownUser
@@ -45,7 +45,9 @@ def _set_person(subject: str, *, disabled: bool) -> WerkzeugResponse:
         raise Forbidden("This page is for administrators.")
     if subject == identity.subject:
         raise Forbidden("You cannot disable yourself.")
-    row = makers.set_disabled(subject, disabled=disabled, actor=api_key_records.actor_tag(identity))
+    row = lifecycle.set_disabled(
+        subject, disabled=disabled, actor=api_key_records.actor_tag(identity)
+    )
     db.session.commit()
     services().makers.clear()
     services().authenticator.api_keys.clear()

@@ -12,8 +12,8 @@ from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import admin_sessions
-from authsvc import api_key_records
-from authsvc import makers
+from authsvc.credentials import api_key_records
+from authsvc.credentials import lifecycle
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.policy import Action
@@ -59,7 +59,7 @@ def share_links() -> str:
             for r in row.resources
             if isinstance(r, dict)
         ]
-        reason = makers.share_link_suspension(row) if state == "active" else None
+        reason = lifecycle.share_link_suspension(row) if state == "active" else None
         links.append(
             {
                 "row": row,

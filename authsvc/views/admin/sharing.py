@@ -15,9 +15,9 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import admin_sessions
 from authsvc import albums
-from authsvc import makers
-from authsvc import upload_token_records
 from authsvc.albums import access as album_access
+from authsvc.credentials import lifecycle
+from authsvc.credentials import upload_token_records
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
@@ -74,7 +74,7 @@ def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
         "read_tokens": read_tokens,
         "people": people,
         "state": _token_state,
-        "suspended": makers.album_token_suspension,
+        "suspended": lifecycle.album_token_suspension,
         "can_upload": can_upload,
         "can_share": allowed(caller, role, Action.ALBUM_READ_TOKEN_CREATE),
         "can_revoke_read": allowed(caller, role, Action.ALBUM_READ_TOKEN_REVOKE),

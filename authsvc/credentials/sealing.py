@@ -1,4 +1,4 @@
-"""authsvc.sealing: authenticated encryption of the tokens authsvc issues (AES-256-GCM, key ring).
+"""authsvc.credentials.sealing: AES-256-GCM key rings that seal the tokens authsvc issues.
 
 Every token the service mints for itself (upload tokens, album-read tokens, share links) is a
 *sealed* blob: the claims are encrypted and authenticated with AES-256-GCM, so the holder can

@@ -1,9 +1,10 @@
-"""authsvc.upload_tokens: sealed, time-limited tokens that name one album (upload and read).
+"""authsvc.credentials.album_tokens: sealed, time-limited tokens for one album (upload, read).
 
 An *upload token* lets its holder send DICOM into one album; an *album-read token* lets its
-holder read one album (album-scoped DICOMweb). Both are :mod:`authsvc.sealing` tokens carrying
-the same claims, told apart by their :class:`~authsvc.sealing.Purpose`, which is bound into
-the encryption: one kind never opens as the other.
+holder read one album (album-scoped DICOMweb). Both are :mod:`authsvc.credentials.sealing`
+tokens carrying the same claims, told apart by their
+:class:`~authsvc.credentials.sealing.Purpose`, which is bound into the encryption: one kind
+never opens as the other.
 
 Claims (compact JSON keys): ``jti`` token id, ``alb`` album id, ``srv`` Orthanc server id (may be
 null: the plugin's ``server-id`` when ``WebServiceIdentifier`` is unset), ``iss`` the issuing
@@ -21,17 +22,17 @@ from datetime import datetime
 from datetime import timedelta
 from typing import Final
 
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import ExpectedServer
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.sealing import check_server
+from authsvc.credentials.sealing import epoch_seconds
+from authsvc.credentials.sealing import from_epoch
+from authsvc.credentials.sealing import open_token
+from authsvc.credentials.sealing import seal
 from authsvc.errors import TokenInvalid
 from authsvc.errors import ValidationFailed
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import ExpectedServer
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.sealing import check_server
-from authsvc.sealing import epoch_seconds
-from authsvc.sealing import from_epoch
-from authsvc.sealing import open_token
-from authsvc.sealing import seal
 
 ALBUM_TOKEN_PURPOSES: Final = frozenset({Purpose.UPLOAD, Purpose.ALBUM_READ})
 
@@ -111,7 +112,7 @@ def open_album_token(
     """Verify an album token of ``purpose`` and return its claims.
 
     ``expected_server_id``: the Orthanc server the request is for; ``None`` means "the server
-    without identifier", :data:`~authsvc.sealing.ANY_SERVER` (default) skips the check.
+    without identifier", :data:`~authsvc.credentials.sealing.ANY_SERVER` (default) skips the check.
 
     :raise TokenInvalid: not an authentic token of this purpose, or issued for another server.
     :raise TokenExpired: outside its lifetime.

@@ -1,4 +1,4 @@
-"""authsvc.makers: credentials follow their maker's rights (the I/O side of the rule).
+"""authsvc.credentials.lifecycle: credentials follow their maker's rights (the rule's I/O side).
 
 Upload tokens, album read tokens and share links are made by one person and used by others;
 API keys act as their owner. Each keeps working only while its maker could still make it now

@@ -1,4 +1,4 @@
-"""authsvc.api_keys: generate, parse and check API keys for scripts and forwarders.
+"""authsvc.credentials.api_keys: generate, parse and check API keys for scripts and forwarders.
 
 An API key looks like ``ask_3f9c0a1b2c3d4e5f_<43 base64url characters>``:
 

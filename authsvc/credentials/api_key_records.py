@@ -1,4 +1,4 @@
-"""authsvc.api_key_records: the life of an API key — create, list, revoke — with its audit trail.
+"""authsvc.credentials.api_key_records: an API key's life (create, list, revoke) and its audit.
 
 Keys come in two kinds (see :class:`~authsvc.models.ApiKey`):
 
@@ -23,16 +23,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from authsvc import audit
-from authsvc.api_keys import API_KEY_PREFIX
-from authsvc.api_keys import generate_api_key
-from authsvc.api_keys import redacted_api_key
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials.api_keys import API_KEY_PREFIX
+from authsvc.credentials.api_keys import generate_api_key
+from authsvc.credentials.api_keys import redacted_api_key
+from authsvc.credentials.lifecycle import api_key_owner_disabled
 from authsvc.errors import NotFound
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
-from authsvc.makers import api_key_owner_disabled
 from authsvc.models import ApiKey
 from authsvc.models import utcnow
 from authsvc.policy import Actor

@@ -1,13 +1,14 @@
-"""authsvc.share_tokens: the Orthanc plugin's resource tokens (share links and instant links).
+"""authsvc.credentials.share_links: the Orthanc plugin's resource tokens (share, instant links).
 
 The Advanced Authorization plugin asks the service to create (C4), validate (C1) and decode (C5)
 *resource tokens*: viewer publications (Stone, OHIF, VolView, Osimis, MedDream), instant links
 for viewers and downloads, and OE2 inbox links (protocol spec §3.1, §3.4, §3.5, §7, §10.2-10.4).
 
-Tokens authsvc issues are sealed with :attr:`Purpose.SHARE <authsvc.sealing.Purpose>`: opaque
-to the holder (unlike the reference service's signed JWTs, the study UIDs cannot be read from
-the link) and carrying everything validation needs: token id (for the revocation lookup), type,
-resources, Orthanc server id, issuer, lifetime.
+Tokens authsvc issues are sealed with
+:attr:`Purpose.SHARE <authsvc.credentials.sealing.Purpose>`: opaque to the holder (unlike the
+reference service's signed JWTs, the study UIDs cannot be read from the link) and carrying
+everything validation needs: token id (for the revocation lookup), type, resources, Orthanc
+server id, issuer, lifetime.
 
 Claims (compact JSON): ``jti`` token id, ``typ`` token type, ``res`` list of
 ``[level, orthanc-id, dicom-uid, url]``, ``srv`` server id, ``iss`` issuer (null when the plugin
@@ -42,22 +43,22 @@ from joserfc.errors import JoseError
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OctKey
 
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import MAX_TOKEN_CHARS
+from authsvc.credentials.sealing import ExpectedServer
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.sealing import check_server
+from authsvc.credentials.sealing import epoch_seconds
+from authsvc.credentials.sealing import from_epoch
+from authsvc.credentials.sealing import seal
+from authsvc.credentials.sealing import token_purpose
+from authsvc.credentials.sealing import unsafe_open_token_ignoring_time
 from authsvc.errors import ConfigError
 from authsvc.errors import ShareTokenExpired
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
 from authsvc.errors import ValidationFailed
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import MAX_TOKEN_CHARS
-from authsvc.sealing import ExpectedServer
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.sealing import check_server
-from authsvc.sealing import epoch_seconds
-from authsvc.sealing import from_epoch
-from authsvc.sealing import seal
-from authsvc.sealing import token_purpose
-from authsvc.sealing import unsafe_open_token_ignoring_time
 
 
 class TokenType(StrEnum):
@@ -263,7 +264,7 @@ def open_share_token(
     """Verify a sealed share token; check revocation of ``claims.token_id`` next.
 
     ``expected_server_id``: the ``server-id`` of the plugin request (``None`` is a value: the
-    server without identifier); :data:`~authsvc.sealing.ANY_SERVER` skips the check.
+    server without identifier); :data:`~authsvc.credentials.sealing.ANY_SERVER` skips the check.
 
     :raise TokenInvalid: not an authentic share token, or issued for another server.
     :raise ShareTokenExpired: authentic but outside its lifetime (carries ``token_type``).

@@ -1,8 +1,8 @@
-"""authsvc.upload_token_records: issue, list, revoke and honour upload tokens (the DB side).
+"""authsvc.credentials.upload_token_records: issue, list, revoke, honour upload tokens (DB side).
 
-:mod:`authsvc.upload_tokens` seals and opens the token text; this module keeps the row that
-makes a token revocable and countable (``upload_token``), and answers "may this token upload
-into this album now?" before a single byte of the upload reaches Orthanc.
+:mod:`authsvc.credentials.album_tokens` seals and opens the token text; this module keeps the
+row that makes a token revocable and countable (``upload_token``), and answers "may this token
+upload into this album now?" before a single byte of the upload reaches Orthanc.
 
 * **Shown once.** :func:`issue` returns the sealed token with the row; only the row is stored.
   The token carries its row id (``jti``), its album and Orthanc server, and its lifetime.
@@ -27,11 +27,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from authsvc import audit
-from authsvc import makers
 from authsvc.albums import Caller
 from authsvc.albums import album_role
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials import lifecycle
+from authsvc.credentials.album_tokens import issue_upload_token
+from authsvc.credentials.album_tokens import open_upload_token
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import new_token_id
 from authsvc.errors import CredentialSuspended
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
@@ -50,11 +55,6 @@ from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import Target
 from authsvc.policy import decide
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import KeyRing
-from authsvc.sealing import new_token_id
-from authsvc.upload_tokens import issue_upload_token
-from authsvc.upload_tokens import open_upload_token
 
 __all__ = [
     "IssuedToken",
@@ -125,8 +125,8 @@ def token_json(
 
 
 def backing_of(row: UploadToken, album: Album | None) -> Decision:
-    """Return whether the token's maker still backs it (see :mod:`authsvc.makers`)."""
-    return makers.album_credential_backing(
+    """Return whether the token's maker still backs it (:mod:`authsvc.credentials.lifecycle`)."""
+    return lifecycle.album_credential_backing(
         CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
     )
 
@@ -382,12 +382,12 @@ def authorize(
         raise TokenRevoked("This upload token is no longer valid.")
     if row.revoked_at is not None:
         raise TokenRevoked("This upload token has been revoked.")
-    backing = makers.album_credential_backing(
+    backing = lifecycle.album_credential_backing(
         CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
     )
     if not backing:
         db.session.rollback()
-        makers.audit_refusal(
+        lifecycle.audit_refusal(
             CredentialKind.UPLOAD_TOKEN, row.id, f"album:{album.id}", backing.reason
         )
         raise CredentialSuspended(f"This upload token no longer works: {backing.reason}.")

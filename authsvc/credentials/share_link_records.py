@@ -1,9 +1,10 @@
-"""authsvc.tokens: share tokens as a service — create, validate, decode, list and revoke.
+"""authsvc.credentials.share_link_records: share links as a service (create, validate, decode,
+list, revoke).
 
-Builds on the pure :mod:`authsvc.share_tokens` (sealing, legacy HS256 tokens, resource matching,
-links) and :func:`authsvc.policy.decide_token_access` (which HTTP methods a token allows), and
-adds what needs state: the ``share_token`` rows that make tokens listable and revocable, the
-audit events, the known Orthanc servers, and a short per-process revocation cache.
+Builds on the pure :mod:`authsvc.credentials.share_links` (sealing, legacy HS256 tokens,
+resource matching, links) and :func:`authsvc.policy.decide_token_access` (which HTTP methods a
+token allows), and adds what needs state: the ``share_token`` rows that make tokens listable and
+revocable, the audit events, the known Orthanc servers, and a short per-process revocation cache.
 
 Rules (protocol spec §3.1, §3.4, §3.5, §10.3, §10.4):
 
@@ -34,6 +35,27 @@ import sqlalchemy as sa
 from authsvc import audit
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials.sealing import ANY_SERVER
+from authsvc.credentials.sealing import ExpectedServer
+from authsvc.credentials.sealing import KeyRing
+from authsvc.credentials.sealing import Purpose
+from authsvc.credentials.sealing import new_token_id
+from authsvc.credentials.sealing import token_purpose
+from authsvc.credentials.share_links import INSTANT_LINK_TYPES
+from authsvc.credentials.share_links import LegacyShareKey
+from authsvc.credentials.share_links import PublicRoots
+from authsvc.credentials.share_links import ResourceLevel
+from authsvc.credentials.share_links import ResourceRef
+from authsvc.credentials.share_links import ShareTokenClaims
+from authsvc.credentials.share_links import TokenType
+from authsvc.credentials.share_links import check_creatable
+from authsvc.credentials.share_links import creation_url
+from authsvc.credentials.share_links import decode_legacy_token
+from authsvc.credentials.share_links import issue_share_token
+from authsvc.credentials.share_links import read_share_token
+from authsvc.credentials.share_links import redirect_url
+from authsvc.credentials.share_links import resources_match
+from authsvc.credentials.share_links import share_expires_at
 from authsvc.errors import AuthsvcError
 from authsvc.errors import NotFound
 from authsvc.errors import ShareTokenExpired
@@ -52,27 +74,6 @@ from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import TokenKind
 from authsvc.policy import decide_token_access
-from authsvc.sealing import ANY_SERVER
-from authsvc.sealing import ExpectedServer
-from authsvc.sealing import KeyRing
-from authsvc.sealing import Purpose
-from authsvc.sealing import new_token_id
-from authsvc.sealing import token_purpose
-from authsvc.share_tokens import INSTANT_LINK_TYPES
-from authsvc.share_tokens import LegacyShareKey
-from authsvc.share_tokens import PublicRoots
-from authsvc.share_tokens import ResourceLevel
-from authsvc.share_tokens import ResourceRef
-from authsvc.share_tokens import ShareTokenClaims
-from authsvc.share_tokens import TokenType
-from authsvc.share_tokens import check_creatable
-from authsvc.share_tokens import creation_url
-from authsvc.share_tokens import decode_legacy_token
-from authsvc.share_tokens import issue_share_token
-from authsvc.share_tokens import read_share_token
-from authsvc.share_tokens import redirect_url
-from authsvc.share_tokens import resources_match
-from authsvc.share_tokens import share_expires_at
 
 __all__ = ["CreatedShareToken", "ShareTokenService", "album_token_decision", "share_token_json"]
 
@@ -260,12 +261,12 @@ class ShareTokenService:
         Only links made for a signed-in user (``iss`` ``user:<sub>``) have a maker; the
         refusal is audited (throttled) with the link's id, never the link itself.
         """
-        from authsvc import makers
+        from authsvc.credentials import lifecycle
         from authsvc.policy import CredentialKind
 
-        backing = makers.share_link_backing(claims.issuer, claims.token_type.value, labels)
+        backing = lifecycle.share_link_backing(claims.issuer, claims.token_type.value, labels)
         if not backing and claims.token_id is not None:
-            makers.audit_refusal(
+            lifecycle.audit_refusal(
                 CredentialKind.SHARE_LINK,
                 claims.token_id,
                 f"share-token:{claims.token_id}",
@@ -410,7 +411,8 @@ def share_token_json(
     """Return a share token row for the JSON API (never the token itself).
 
     ``suspension``: why a link in force no longer works (its maker lost the right, see
-    :func:`authsvc.makers.share_link_suspension`); the ``status`` is then ``suspended``.
+    :func:`authsvc.credentials.lifecycle.share_link_suspension`); the ``status`` is then
+    ``suspended``.
     """
     now = now or utcnow()
     expired = row.expires_at is not None and row.expires_at <= now
