@@ -55,7 +55,7 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     """Check, once authsvc answers, that every Orthanc lets it write labels (else exit 3)."""
-    from authsvc import startup_check
+    from authsvc.orthanc import startup_check
 
     startup_check.start(server, _settings)
 

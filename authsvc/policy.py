@@ -84,9 +84,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import ClassVar
 
-from authsvc.orthanc_routes import Capability
-from authsvc.orthanc_routes import RouteKind
-from authsvc.orthanc_routes import RouteTarget
+from authsvc.orthanc.routes import Capability
+from authsvc.orthanc.routes import RouteKind
+from authsvc.orthanc.routes import RouteTarget
 
 __all__ = [
     "SHARE_CREATE_PERMISSIONS",

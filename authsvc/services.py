@@ -31,8 +31,8 @@ from authsvc.identity import KeycloakVerifier
 from authsvc.metrics import DecisionCounters
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
+from authsvc.orthanc.study_labels import StudyLabelCache
 from authsvc.roles_store import RolesStore
-from authsvc.study_labels import StudyLabelCache
 from authsvc.users import UserDirectory
 
 log = logging.getLogger(__name__)

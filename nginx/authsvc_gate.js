@@ -14,7 +14,7 @@
 //  * the scope: the whole Orthanc URI (path and query, as the client sent it; the templates'
 //    $authsvc_gate_uri, without any prefix Orthanc is mounted under), except for
 //    DICOMweb WADO/QIDO reads below one study, which all share the study's scope. authsvc
-//    decides those on the study alone (authsvc/orthanc_routes.py: every such path is a READ
+//    decides those on the study alone (authsvc/orthanc/routes.py: every such path is a READ
 //    of a resource of that study), and Orthanc answers 404 when a series or instance UID is
 //    asked for under a study it is not part of, so a shared decision can't reach another
 //    study. Only exact, well-formed shapes are grouped: anything else (dot segments, escapes,

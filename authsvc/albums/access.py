@@ -50,13 +50,13 @@ from authsvc.models import Album
 from authsvc.models import AlbumMember
 from authsvc.models import AlbumReadToken
 from authsvc.models import utcnow
+from authsvc.orthanc.study_labels import TtlMap
 from authsvc.policy import Action
 from authsvc.policy import Actor
 from authsvc.policy import AlbumRole
 from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import decide
-from authsvc.study_labels import TtlMap
 
 __all__ = [
     "READ_TOKEN_DEFAULT_LIFETIME",

@@ -58,11 +58,11 @@ from authsvc.models import KnownUser
 from authsvc.models import ShareToken
 from authsvc.models import UploadToken
 from authsvc.models import utcnow
+from authsvc.orthanc.study_labels import TtlMap
 from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import Maker
 from authsvc.policy import decide_credential_backing
-from authsvc.study_labels import TtlMap
 
 __all__ = [
     "SERVICE_MAKER_PREFIX",

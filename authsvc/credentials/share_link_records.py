@@ -65,11 +65,11 @@ from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.models import ShareToken
 from authsvc.models import utcnow
-from authsvc.plugin_protocol import CreateRequest
-from authsvc.plugin_protocol import DecodeErrorCode
-from authsvc.plugin_protocol import ValidateRequest
-from authsvc.plugin_protocol import decode_reply
-from authsvc.plugin_protocol import resource_json
+from authsvc.orthanc.plugin_protocol import CreateRequest
+from authsvc.orthanc.plugin_protocol import DecodeErrorCode
+from authsvc.orthanc.plugin_protocol import ValidateRequest
+from authsvc.orthanc.plugin_protocol import decode_reply
+from authsvc.orthanc.plugin_protocol import resource_json
 from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import TokenKind

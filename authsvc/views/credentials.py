@@ -43,7 +43,7 @@ from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.models import utcnow
-from authsvc.plugin_protocol import parse_orthanc_create
+from authsvc.orthanc.plugin_protocol import parse_orthanc_create
 from authsvc.policy import Action
 from authsvc.policy import Decision
 from authsvc.policy import Denied

@@ -1,4 +1,4 @@
-"""Album DICOMweb: ``/dicom-web/albums/<album id>/`` (QIDO-RS and WADO-RS; see authsvc.dicomweb).
+"""Album DICOMweb: ``/dicom-web/albums/<album id>/`` (QIDO-RS, WADO-RS; see orthanc.dicomweb).
 
 STOW-RS (``POST .../studies``) belongs to the uploads blueprint. Every request here:
 
@@ -24,7 +24,6 @@ from flask import Response
 from flask import request
 from flask import stream_with_context
 
-from authsvc import dicomweb
 from authsvc.albums.access import verify_read_token
 from authsvc.credentials.sealing import TOKEN_TAGS
 from authsvc.credentials.sealing import Purpose
@@ -37,8 +36,9 @@ from authsvc.errors import Unauthenticated
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.orthanc import OrthancClient
-from authsvc.orthanc_routes import DEFAULT_CLASSIFIER
-from authsvc.orthanc_routes import RouteKind
+from authsvc.orthanc import dicomweb
+from authsvc.orthanc.routes import DEFAULT_CLASSIFIER
+from authsvc.orthanc.routes import RouteKind
 from authsvc.policy import Action
 from authsvc.policy import TokenKind
 from authsvc.policy import decide

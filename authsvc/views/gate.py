@@ -1,4 +1,4 @@
-"""``GET /gate/auth``: the nginx ``auth_request`` decision point (logic in :mod:`authsvc.gate`).
+"""``GET /gate/auth``: nginx ``auth_request``'s decision point (logic: :mod:`authsvc.orthanc.gate`).
 
 nginx sends the original method and URI (``X-Original-Method``, ``X-Original-URI``) and every
 client header. The answer is a status and two small headers, never a body worth reading:
@@ -40,16 +40,16 @@ from authsvc.credentials.share_links import ResourceRef as ShareResource
 from authsvc.credentials.share_links import resources_match
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated
-from authsvc.gate import Caller
-from authsvc.gate import GateAnswer
-from authsvc.gate import GateEngine
 from authsvc.models import utcnow
-from authsvc.orthanc_routes import DEFAULT_CLASSIFIER
+from authsvc.orthanc.gate import Caller
+from authsvc.orthanc.gate import GateAnswer
+from authsvc.orthanc.gate import GateEngine
+from authsvc.orthanc.routes import DEFAULT_CLASSIFIER
+from authsvc.orthanc.study_labels import StudyFacts
+from authsvc.orthanc.study_labels import TtlMap
 from authsvc.policy import Actor
 from authsvc.policy import TokenKind
 from authsvc.services import services
-from authsvc.study_labels import StudyFacts
-from authsvc.study_labels import TtlMap
 from authsvc.views.auth import bearer_from_header
 
 log = logging.getLogger(__name__)

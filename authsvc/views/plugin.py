@@ -7,7 +7,7 @@ The plugin authenticates with HTTP Basic (``plugin_username``/``plugin_password`
 constant time; 401 with ``WWW-Authenticate: Basic`` otherwise). The user's token is read only
 from the JSON body, never from headers (the plugin also copies it into a header on validation,
 which could clash with its own Basic credentials). Bodies arrive chunked; ``json_body`` reads
-them. Every reply is built by :mod:`authsvc.plugin_protocol`.
+them. Every reply is built by :mod:`authsvc.orthanc.plugin_protocol`.
 
 Failure rules: a token that cannot be used gives the anonymous profile, ``granted: false`` or
 an ``error-code`` (HTTP 200, so the plugin may cache the "no"); a dependency that is down
@@ -39,14 +39,14 @@ from authsvc.errors import Forbidden
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.extensions import db
 from authsvc.models import utcnow
-from authsvc.plugin_protocol import anonymous_profile_reply
-from authsvc.plugin_protocol import create_reply
-from authsvc.plugin_protocol import parse_create
-from authsvc.plugin_protocol import parse_profile
-from authsvc.plugin_protocol import parse_token_request
-from authsvc.plugin_protocol import parse_validate
-from authsvc.plugin_protocol import profile_reply
-from authsvc.plugin_protocol import validate_reply
+from authsvc.orthanc.plugin_protocol import anonymous_profile_reply
+from authsvc.orthanc.plugin_protocol import create_reply
+from authsvc.orthanc.plugin_protocol import parse_create
+from authsvc.orthanc.plugin_protocol import parse_profile
+from authsvc.orthanc.plugin_protocol import parse_token_request
+from authsvc.orthanc.plugin_protocol import parse_validate
+from authsvc.orthanc.plugin_protocol import profile_reply
+from authsvc.orthanc.plugin_protocol import validate_reply
 from authsvc.policy import ORTHANC_SERVICE_PERMISSIONS
 from authsvc.roles import Profile
 from authsvc.services import services

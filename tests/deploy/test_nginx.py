@@ -22,9 +22,9 @@ import pydicom
 import pytest
 import requests
 
-from authsvc.orthanc_routes import Capability
-from authsvc.orthanc_routes import RouteFamily
-from authsvc.orthanc_routes import classify
+from authsvc.orthanc.routes import Capability
+from authsvc.orthanc.routes import RouteFamily
+from authsvc.orthanc.routes import classify
 from tests import deploy_kit
 from tests import services
 from tests.deploy import files

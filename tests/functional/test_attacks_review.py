@@ -21,7 +21,7 @@ from authsvc.credentials.sealing import KeyRing
 from authsvc.credentials.sealing import Purpose
 from authsvc.credentials.sealing import generate_key
 from authsvc.credentials.sealing import seal
-from authsvc.orthanc_routes import Capability
+from authsvc.orthanc.routes import Capability
 from authsvc.policy import TokenKind
 from authsvc.policy import decide_token_access
 from authsvc.uploads import UploadKind

@@ -298,7 +298,7 @@ def test_share_link_opens_its_study_read_only(world: dict[str, Any]) -> None:
     from authsvc.credentials.share_links import ResourceLevel
     from authsvc.credentials.share_links import ResourceRef
     from authsvc.models import utcnow
-    from authsvc.plugin_protocol import CreateRequest
+    from authsvc.orthanc.plugin_protocol import CreateRequest
 
     app: Flask = world["app"]
     client = app.test_client()
@@ -332,7 +332,7 @@ def test_share_link_opens_its_study_read_only(world: dict[str, Any]) -> None:
 
 def test_album_qido_behind_a_proxy_prefix(world: dict[str, Any]) -> None:
     """Only album studies come back, paged here, with URLs on the public album root."""
-    from authsvc.dicomweb import MARKER_HOST
+    from authsvc.orthanc.dicomweb import MARKER_HOST
 
     a: FakeStudy = world["a"]
     b: FakeStudy = world["b"]

@@ -689,7 +689,7 @@ def test_expired_sealed_token(plugin: PluginClient, db_app: Flask) -> None:
 
 
 def _parse_validate(body: dict[str, Any]) -> Any:
-    from authsvc.plugin_protocol import parse_validate
+    from authsvc.orthanc.plugin_protocol import parse_validate
 
     return parse_validate(body)
 

@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.dicomweb: URL rewriting (streamed), QIDO query splitting, Accept."""
+"""Unit tests for authsvc.orthanc.dicomweb: URL rewriting (streamed), QIDO query split, Accept."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authsvc import dicomweb
 from authsvc.errors import BadRequest
+from authsvc.orthanc import dicomweb
 
 pytestmark = pytest.mark.unit
 

@@ -1,9 +1,9 @@
 """The gate's decision table: a few hundred Orthanc URIs × callers → study touched and answer.
 
 Each URI of every route family is built for three studies (A in album A, B in album B, C under
-a role-config label), classified by the real :mod:`authsvc.orthanc_routes`, resolved by a fake
-label cache standing in for Orthanc, and decided by :class:`authsvc.gate.GateEngine` with the
-real policy. The table says, per URI, which study it touches and which callers may pass.
+a role-config label), classified by the real :mod:`authsvc.orthanc.routes`, resolved by a fake
+label cache standing in for Orthanc, and decided by :class:`authsvc.orthanc.gate.GateEngine` with
+the real policy. The table says, per URI, which study it touches and which callers may pass.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import pytest
 
 from authsvc.errors import OrthancError
 from authsvc.errors import OrthancUnavailable
-from authsvc.gate import Caller
-from authsvc.gate import GateEngine
-from authsvc.gate import best_album_role
-from authsvc.orthanc_routes import DEFAULT_CLASSIFIER
-from authsvc.orthanc_routes import IdKind
-from authsvc.orthanc_routes import Level
-from authsvc.orthanc_routes import ResourceRef
+from authsvc.orthanc.gate import Caller
+from authsvc.orthanc.gate import GateEngine
+from authsvc.orthanc.gate import best_album_role
+from authsvc.orthanc.routes import DEFAULT_CLASSIFIER
+from authsvc.orthanc.routes import IdKind
+from authsvc.orthanc.routes import Level
+from authsvc.orthanc.routes import ResourceRef
+from authsvc.orthanc.study_labels import StudyFacts
 from authsvc.policy import Actor
 from authsvc.policy import AlbumRole
 from authsvc.policy import TokenKind
-from authsvc.study_labels import StudyFacts
 
 pytestmark = pytest.mark.unit
 

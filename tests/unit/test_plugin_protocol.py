@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.plugin_protocol: parsing the plugin's bodies, building its replies."""
+"""Unit tests for authsvc.orthanc.plugin_protocol: parsing the plugin's bodies, building replies."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from authsvc.credentials.share_links import ResourceLevel
 from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import BadRequest
 from authsvc.errors import ValidationFailed
-from authsvc.plugin_protocol import anonymous_profile_reply
-from authsvc.plugin_protocol import create_reply
-from authsvc.plugin_protocol import decode_reply
-from authsvc.plugin_protocol import parse_create
-from authsvc.plugin_protocol import parse_profile
-from authsvc.plugin_protocol import parse_token_request
-from authsvc.plugin_protocol import parse_validate
-from authsvc.plugin_protocol import profile_reply
-from authsvc.plugin_protocol import strip_bearer
-from authsvc.plugin_protocol import validate_reply
+from authsvc.orthanc.plugin_protocol import anonymous_profile_reply
+from authsvc.orthanc.plugin_protocol import create_reply
+from authsvc.orthanc.plugin_protocol import decode_reply
+from authsvc.orthanc.plugin_protocol import parse_create
+from authsvc.orthanc.plugin_protocol import parse_profile
+from authsvc.orthanc.plugin_protocol import parse_token_request
+from authsvc.orthanc.plugin_protocol import parse_validate
+from authsvc.orthanc.plugin_protocol import profile_reply
+from authsvc.orthanc.plugin_protocol import strip_bearer
+from authsvc.orthanc.plugin_protocol import validate_reply
 from authsvc.roles import Profile
 
 pytestmark = pytest.mark.unit

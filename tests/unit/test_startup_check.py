@@ -1,4 +1,4 @@
-"""authsvc.startup_check: wait for authsvc to answer, probe label writes, stop on a lasting refusal.
+"""authsvc.orthanc.startup_check: wait for authsvc, probe label writes, stop on a lasting refusal.
 
 The real thing (gunicorn, the real plugin asking authsvc about its service key, exit status 3)
 runs in tests/integration/test_real_plugin.py; here the pieces, with the probe faked.
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from authsvc import startup_check
 from authsvc.config import load_settings
+from authsvc.orthanc import startup_check
 
 pytestmark = pytest.mark.unit
 

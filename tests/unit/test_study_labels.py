@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.study_labels: resource → study resolution and the label cache."""
+"""Unit tests for authsvc.orthanc.study_labels: resource → study resolution and the label cache."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import requests_mock as rm
 from authsvc.errors import OrthancUnavailable
 from authsvc.orthanc import OrthancClient
 from authsvc.orthanc import OrthancServer
-from authsvc.orthanc_routes import IdKind
-from authsvc.orthanc_routes import Level
-from authsvc.orthanc_routes import ResourceRef
-from authsvc.study_labels import StudyFacts
-from authsvc.study_labels import StudyLabelCache
+from authsvc.orthanc.routes import IdKind
+from authsvc.orthanc.routes import Level
+from authsvc.orthanc.routes import ResourceRef
+from authsvc.orthanc.study_labels import StudyFacts
+from authsvc.orthanc.study_labels import StudyLabelCache
 
 pytestmark = pytest.mark.unit
 

@@ -1,17 +1,18 @@
-"""authsvc.gate: the decision behind nginx ``auth_request`` (``GET /gate/auth``).
+"""authsvc.orthanc.gate: the decision behind nginx ``auth_request`` (``GET /gate/auth``).
 
 nginx asks, for every request to Orthanc, "may this caller do METHOD URI?". The answer is a
 status only: 2xx (forward it), 401 (no or bad credentials) or 403 (known caller, or a failure
 on our side: fail closed). nginx turns any other status into a 500, so nothing else is ever
 returned. The flow (the view reads headers, this module decides):
 
-1. classify the URI (:mod:`authsvc.orthanc_routes`) and map it to a gate action
+1. classify the URI (:mod:`authsvc.orthanc.routes`) and map it to a gate action
    (:func:`authsvc.policy.gate_action`);
 2. if the answer cannot depend on a study (static assets, admin routes, lists, uploads, global
    admins, deletes by non-admins), decide at once, without calling Orthanc;
 3. otherwise trace each resource the URI names to the studies that own it and read their labels
-   (:class:`~authsvc.study_labels.StudyLabelCache`), then ask :func:`authsvc.policy.decide` per
-   study with the caller's best album role among the albums whose labels the study carries.
+   (:class:`~authsvc.orthanc.study_labels.StudyLabelCache`), then ask
+   :func:`authsvc.policy.decide` per study with the caller's best album role among the albums
+   whose labels the study carries.
    Every study must pass. A resource Orthanc does not know is denied (a guess is not a read).
 
 Album read tokens are decided by :func:`authsvc.policy.decide_token_access` (read-only
@@ -32,10 +33,12 @@ from types import MappingProxyType
 
 from authsvc.errors import OrthancError
 from authsvc.errors import OrthancUnavailable
-from authsvc.orthanc import OrthancClient
-from authsvc.orthanc_routes import RouteClassifier
-from authsvc.orthanc_routes import RouteKind
-from authsvc.orthanc_routes import RouteTarget
+from authsvc.orthanc.client import OrthancClient
+from authsvc.orthanc.routes import RouteClassifier
+from authsvc.orthanc.routes import RouteKind
+from authsvc.orthanc.routes import RouteTarget
+from authsvc.orthanc.study_labels import StudyFacts
+from authsvc.orthanc.study_labels import StudyLabelCache
 from authsvc.policy import Action
 from authsvc.policy import Actor
 from authsvc.policy import AlbumRole
@@ -47,8 +50,6 @@ from authsvc.policy import TokenKind
 from authsvc.policy import decide
 from authsvc.policy import decide_token_access
 from authsvc.policy import gate_action
-from authsvc.study_labels import StudyFacts
-from authsvc.study_labels import StudyLabelCache
 
 __all__ = [
     "ALL_LABELS",

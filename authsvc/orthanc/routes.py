@@ -1,4 +1,4 @@
-"""authsvc.orthanc_routes: what an Orthanc request touches, for the nginx ``auth_request`` gate.
+"""authsvc.orthanc.routes: what an Orthanc request touches, for the nginx ``auth_request`` gate.
 
 :func:`classify` (or :meth:`RouteClassifier.classify` for a configured prefix and roots) maps an
 HTTP method and the raw request URI nginx saw to a :class:`RouteTarget`: which kind of route it

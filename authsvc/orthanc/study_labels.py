@@ -1,4 +1,4 @@
-"""authsvc.study_labels: which study a resource belongs to, and that study's labels, cached.
+"""authsvc.orthanc.study_labels: which study a resource belongs to, and that study's labels, cached.
 
 The nginx gate and the album DICOMweb endpoint decide per *study*: a series, an instance, a
 frame or a DICOMweb UID must first be traced to the study that owns it, and the study's
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from authsvc.errors import OrthancError
-from authsvc.orthanc import OrthancClient
-from authsvc.orthanc_routes import IdKind
-from authsvc.orthanc_routes import Level
-from authsvc.orthanc_routes import ResourceRef
+from authsvc.orthanc.client import OrthancClient
+from authsvc.orthanc.routes import IdKind
+from authsvc.orthanc.routes import Level
+from authsvc.orthanc.routes import ResourceRef
 
 __all__ = ["StudyFacts", "StudyLabelCache", "TtlMap"]
 

@@ -1,4 +1,4 @@
-"""authsvc.startup_check: once authsvc serves, make sure every Orthanc lets it write labels.
+"""authsvc.orthanc.startup_check: once authsvc serves, make sure every Orthanc lets it write labels.
 
 Albums are Orthanc labels that authsvc writes with its own credentials. An Orthanc that
 refuses them would make every album look empty and every upload end as "pending": that is a
@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from authsvc.config import Settings
-from authsvc.orthanc import label_write_problems
+from authsvc.orthanc.client import label_write_problems
 
 __all__ = ["EXIT_STATUS", "start", "wait_until_serving"]
 

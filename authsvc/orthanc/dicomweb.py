@@ -1,4 +1,4 @@
-"""authsvc.dicomweb: album-scoped DICOMweb on top of Orthanc's DICOMweb plugin.
+"""authsvc.orthanc.dicomweb: album-scoped DICOMweb on top of Orthanc's DICOMweb plugin.
 
 Each album is served as its own DICOMweb root, ``/dicom-web/albums/<album id>/``:
 

@@ -1,4 +1,4 @@
-"""authsvc.orthanc: a small REST client for Orthanc, used with the service's own credentials.
+"""authsvc.orthanc.client: a small REST client for Orthanc, used with the service's own credentials.
 
 Every failure becomes one domain error: :class:`~authsvc.errors.OrthancUnavailable` when Orthanc
 cannot be reached, times out or answers 5xx (retried first when the call is idempotent), and

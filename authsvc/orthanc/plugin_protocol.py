@@ -1,4 +1,4 @@
-"""authsvc.plugin_protocol: the Orthanc authorization plugin's wire format, in one module.
+"""authsvc.orthanc.plugin_protocol: the Orthanc authorization plugin's wire format, in one module.
 
 Parses the bodies the plugin sends to the callbacks and builds every reply it gets back
 (protocol spec §2-§3, ``/work/shared/spec/orthanc-plugin-protocol.md``). Pure: no Flask, no
