@@ -96,7 +96,7 @@ class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
 
 
 class AdminSession(db.Model):  # type: ignore[name-defined,misc]
-    """A signed-in browser session of the admin pages (see :mod:`authsvc.admin_sessions`).
+    """A signed-in browser session of the admin pages (see :mod:`authsvc.identity.admin_sessions`).
 
     ``id`` is the SHA-256 of the random session id the cookie carries, so the table alone opens
     no session. ``identity`` is the :class:`~authsvc.identity.Identity` the verified access

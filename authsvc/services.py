@@ -17,8 +17,6 @@ from flask import Flask
 from flask import current_app
 
 from authsvc.albums.access import RoleCache
-from authsvc.authn import Authenticator
-from authsvc.authn import ProfileCache
 from authsvc.config import Settings
 from authsvc.credentials.api_keys import API_KEY_PREFIX
 from authsvc.credentials.lifecycle import BackingCache
@@ -28,12 +26,14 @@ from authsvc.credentials.share_links import LegacyShareKey
 from authsvc.credentials.share_links import OhifDataSource
 from authsvc.credentials.share_links import PublicRoots
 from authsvc.identity import KeycloakVerifier
+from authsvc.identity.authn import Authenticator
+from authsvc.identity.authn import ProfileCache
+from authsvc.identity.roles_store import RolesStore
+from authsvc.identity.users import UserDirectory
 from authsvc.metrics import DecisionCounters
 from authsvc.orthanc import OrthancServers
 from authsvc.orthanc import servers_from_settings
 from authsvc.orthanc.study_labels import StudyLabelCache
-from authsvc.roles_store import RolesStore
-from authsvc.users import UserDirectory
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from authsvc import albums  # noqa: E402
-from authsvc import authn  # noqa: E402
 from authsvc import create_app  # noqa: E402
 from authsvc.albums import Caller  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.identity import Identity  # noqa: E402
 from authsvc.identity import IdentityKind  # noqa: E402
+from authsvc.identity import authn  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
 from tests import services  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402

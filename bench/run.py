@@ -431,7 +431,7 @@ def first_seen_jwt_cost(idp: FakeIdP, tmp: Path, count: int = 300) -> tuple[floa
     every token distinct so the verifier's cache never helps.
     """
     from authsvc import create_app
-    from authsvc.authn import Credentials
+    from authsvc.identity.authn import Credentials
 
     app = create_app(
         {

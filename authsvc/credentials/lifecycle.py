@@ -6,7 +6,8 @@ API keys act as their owner. Each keeps working only while its maker could still
 
 * **Who the maker is now.** ``known_user`` keeps the last :class:`~authsvc.identity.Identity`
   authsvc saw of each person (admin sign-in, plugin profile, any authenticated API call; see
-  :meth:`authsvc.users.UserDirectory.remember`, which writes a changed identity at once) and
+  :meth:`authsvc.identity.users.UserDirectory.remember`, which writes a changed identity at
+  once) and
   whether an admin disabled them (:func:`set_disabled`). Realm roles and groups are as of
   that last sighting: authsvc cannot ask Keycloak (it holds no admin credentials), so a role
   removed in Keycloak reaches the maker's credentials when the maker next uses authsvc; to
@@ -94,8 +95,8 @@ def maker_identity(subject: str) -> tuple[Identity | None, bool]:
     None: nobody (empty subject, or a service key that no longer exists). A person with no
     identity on record is a bare user identity (no roles, no groups).
     """
-    from authsvc.admin_sessions import identity_from_json
-    from authsvc.authn import api_key_identity
+    from authsvc.identity.admin_sessions import identity_from_json
+    from authsvc.identity.authn import api_key_identity
 
     if not subject or len(subject) > 512:
         return None, True
@@ -270,8 +271,8 @@ def share_link_backing(
 
 def _share_maker(subject: str, labels: frozenset[str] | None) -> Maker:
     from authsvc.albums import album_grants
+    from authsvc.identity.roles import compose_profile
     from authsvc.policy import Actor
-    from authsvc.roles import compose_profile
     from authsvc.services import services
 
     identity, disabled = maker_identity(subject)

@@ -23,7 +23,7 @@ from authsvc.credentials.share_links import ResourceLevel
 from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import BadRequest
 from authsvc.errors import ValidationFailed
-from authsvc.roles import Profile
+from authsvc.identity.roles import Profile
 
 __all__ = [
     "CreateRequest",

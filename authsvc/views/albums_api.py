@@ -25,11 +25,11 @@ from authsvc.albums import AlbumView
 from authsvc.albums import Caller
 from authsvc.albums import Page
 from authsvc.albums import StudyResult
-from authsvc.authn import profile_for
 from authsvc.errors import BadRequest
 from authsvc.errors import NotFound
 from authsvc.errors import PreconditionFailed
 from authsvc.errors import ValidationFailed
+from authsvc.identity.authn import profile_for
 from authsvc.models import AlbumMember
 from authsvc.views.auth import current_actor
 from authsvc.views.auth import require_identity

@@ -22,12 +22,12 @@ from typing import TypeVar
 from flask import g
 from flask import request
 
-from authsvc.authn import Credentials
-from authsvc.authn import actor_for
-from authsvc.authn import authenticate
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated
 from authsvc.identity import Identity
+from authsvc.identity.authn import Credentials
+from authsvc.identity.authn import actor_for
+from authsvc.identity.authn import authenticate
 from authsvc.policy import Actor
 from authsvc.services import services
 

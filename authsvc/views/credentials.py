@@ -25,7 +25,6 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
-from authsvc.authn import Credentials
 from authsvc.credentials import api_key_records
 from authsvc.credentials import lifecycle
 from authsvc.credentials.api_key_records import actor_tag
@@ -42,6 +41,8 @@ from authsvc.errors import Unauthenticated
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.identity import Identity
+from authsvc.identity.authn import Credentials
+from authsvc.identity.roles import Profile
 from authsvc.models import utcnow
 from authsvc.orthanc.plugin_protocol import parse_orthanc_create
 from authsvc.policy import Action
@@ -50,7 +51,6 @@ from authsvc.policy import Denied
 from authsvc.policy import Target
 from authsvc.policy import decide
 from authsvc.policy import decide_share_creation
-from authsvc.roles import Profile
 from authsvc.services import services
 from authsvc.views.auth import bearer_from_header
 from authsvc.views.auth import current_actor

@@ -31,7 +31,6 @@ from flask import current_app
 from flask import request
 
 from authsvc.albums.access import verify_read_token
-from authsvc.authn import Credentials
 from authsvc.credentials.sealing import TOKEN_TAGS
 from authsvc.credentials.sealing import Purpose
 from authsvc.credentials.share_links import INSTANT_LINK_TYPES
@@ -40,6 +39,7 @@ from authsvc.credentials.share_links import ResourceRef as ShareResource
 from authsvc.credentials.share_links import resources_match
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated
+from authsvc.identity.authn import Credentials
 from authsvc.models import utcnow
 from authsvc.orthanc.gate import Caller
 from authsvc.orthanc.gate import GateAnswer

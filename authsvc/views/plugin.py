@@ -32,12 +32,13 @@ from flask import current_app
 from flask import request
 from sqlalchemy.exc import SQLAlchemyError
 
-from authsvc.authn import Credentials
 from authsvc.errors import AuthsvcError
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.extensions import db
+from authsvc.identity.authn import Credentials
+from authsvc.identity.roles import Profile
 from authsvc.models import utcnow
 from authsvc.orthanc.plugin_protocol import anonymous_profile_reply
 from authsvc.orthanc.plugin_protocol import create_reply
@@ -48,7 +49,6 @@ from authsvc.orthanc.plugin_protocol import parse_validate
 from authsvc.orthanc.plugin_protocol import profile_reply
 from authsvc.orthanc.plugin_protocol import validate_reply
 from authsvc.policy import ORTHANC_SERVICE_PERMISSIONS
-from authsvc.roles import Profile
 from authsvc.services import services
 from authsvc.views.errors import render_error
 from authsvc.views.requests import json_body

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from authsvc.roles import RolesConfig
-from authsvc.roles import load_permissions_file
-from authsvc.roles import loads_jsonc
+from authsvc.identity.roles import RolesConfig
+from authsvc.identity.roles import load_permissions_file
+from authsvc.identity.roles import loads_jsonc
 from tests.services import REPO_ROOT
 
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gate.yml")

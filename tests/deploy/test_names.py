@@ -16,7 +16,7 @@ import pytest
 
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
-from authsvc.roles import compose_profile
+from authsvc.identity.roles import compose_profile
 from tests.deploy import files
 
 pytestmark = pytest.mark.unit

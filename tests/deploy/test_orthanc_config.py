@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from authsvc.roles import loads_jsonc
+from authsvc.identity.roles import loads_jsonc
 from tests import services
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc

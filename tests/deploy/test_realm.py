@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from authsvc.identity import claims_to_identity
-from authsvc.roles import compose_profile
+from authsvc.identity.roles import compose_profile
 from tests import services
 from tests.deploy import files
 from tests.deploy.test_names import EXPECTED_PROFILES

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from authsvc import admin_sessions
 from authsvc import audit
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
+from authsvc.identity import admin_sessions
 from authsvc.models import Album
 from authsvc.models import AlbumMember
 from authsvc.models import AuditEvent

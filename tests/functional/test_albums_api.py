@@ -18,9 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from authsvc.extensions import db
+from authsvc.identity.roles import RoleGrant
+from authsvc.identity.roles import RolesConfig
 from authsvc.models import AuditEvent
-from authsvc.roles import RoleGrant
-from authsvc.roles import RolesConfig
 from tests import oidc
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc

@@ -471,10 +471,10 @@ def test_reconcile_retries_pending_labels(ctx: Flask, orthanc: FakeOrthanc) -> N
 
 
 def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask) -> None:
-    from authsvc import authn
     from authsvc.identity import ANONYMOUS
     from authsvc.identity import Identity
     from authsvc.identity import IdentityKind
+    from authsvc.identity import authn
 
     album_id = make_album()
     label = albums.get_album(ALICE, album_id).album.label

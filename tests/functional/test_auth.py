@@ -1,4 +1,4 @@
-"""Functional tests of the authentication seam (authsvc.views.auth + authsvc.authn).
+"""Functional tests of the authentication seam (authsvc.views.auth + authsvc.identity.authn).
 
 A tiny test-only endpoint reports what ``current_identity``/``current_actor`` return, so these
 tests exercise the headers, the verifier built in services.py (Keycloak faked with
@@ -18,10 +18,10 @@ from flask.testing import FlaskClient
 
 from authsvc.credentials.api_keys import generate_api_key
 from authsvc.extensions import db
+from authsvc.identity.roles import RoleGrant
+from authsvc.identity.roles import RolesConfig
 from authsvc.models import ApiKey
 from authsvc.models import utcnow
-from authsvc.roles import RoleGrant
-from authsvc.roles import RolesConfig
 from authsvc.views.auth import current_actor
 from authsvc.views.auth import current_identity
 from authsvc.views.auth import login_required
@@ -216,7 +216,7 @@ def test_last_use_write_failure_does_not_refuse_the_key(
 
     from sqlalchemy.exc import OperationalError
 
-    from authsvc import authn
+    from authsvc.identity import authn
 
     def locked(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("UPDATE api_key", {}, Exception("database is locked"))

@@ -18,7 +18,6 @@ import requests_mock as rm
 import sqlalchemy as sa
 from flask import Flask
 
-from authsvc import admin_sessions
 from authsvc import albums
 from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.lifecycle import BackingCache
@@ -26,6 +25,7 @@ from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
+from authsvc.identity import admin_sessions
 from authsvc.models import AdminSession
 from authsvc.models import AlbumMember
 from authsvc.models import ApiKey

@@ -1,4 +1,4 @@
-"""authsvc.roles_store: import on first use, versions and history, stale edits, bad files."""
+"""authsvc.identity.roles_store: import on first use, versions, history, stale edits, bad files."""
 
 from __future__ import annotations
 

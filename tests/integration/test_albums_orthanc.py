@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from flask import Flask
 
 from authsvc import albums
-from authsvc import authn
 from authsvc.albums import Caller
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
+from authsvc.identity import authn
 from authsvc.models import AlbumMember
 from authsvc.policy import Actor
 from tests import services

@@ -34,10 +34,10 @@ from flask import Flask
 from authsvc import albums
 from authsvc import create_app
 from authsvc.albums.access import RoleCache
-from authsvc.authn import ApiKeyCache
 from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db
+from authsvc.identity.authn import ApiKeyCache
 from authsvc.policy import Actor
 from authsvc.views.gate import CALLER_TTL
 from tests import deploy_kit

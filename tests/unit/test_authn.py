@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.authn: credentials -> identity -> profile -> policy actor (no DB)."""
+"""Unit tests for authsvc.identity.authn: credentials -> identity -> profile -> actor (no DB)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ from typing import Any
 
 import pytest
 
-from authsvc import authn
-from authsvc.authn import Authenticator
-from authsvc.authn import Credentials
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.errors import TokenExpired
 from authsvc.errors import TokenInvalid
@@ -17,8 +14,11 @@ from authsvc.identity import ANONYMOUS
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
 from authsvc.identity import KeycloakVerifier
-from authsvc.roles import RoleGrant
-from authsvc.roles import RolesConfig
+from authsvc.identity import authn
+from authsvc.identity.authn import Authenticator
+from authsvc.identity.authn import Credentials
+from authsvc.identity.roles import RoleGrant
+from authsvc.identity.roles import RolesConfig
 from tests import oidc
 
 pytestmark = pytest.mark.unit

@@ -11,6 +11,7 @@ from authsvc.credentials.share_links import ResourceLevel
 from authsvc.credentials.share_links import ResourceRef
 from authsvc.errors import BadRequest
 from authsvc.errors import ValidationFailed
+from authsvc.identity.roles import Profile
 from authsvc.orthanc.plugin_protocol import anonymous_profile_reply
 from authsvc.orthanc.plugin_protocol import create_reply
 from authsvc.orthanc.plugin_protocol import decode_reply
@@ -21,7 +22,6 @@ from authsvc.orthanc.plugin_protocol import parse_validate
 from authsvc.orthanc.plugin_protocol import profile_reply
 from authsvc.orthanc.plugin_protocol import strip_bearer
 from authsvc.orthanc.plugin_protocol import validate_reply
-from authsvc.roles import Profile
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.roles: parsing, JSONC files, normalisation and profile composition."""
+"""Unit tests for authsvc.identity.roles: parsing, JSONC files, normalising, profiles."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from authsvc.errors import ValidationFailed
 from authsvc.identity import ANONYMOUS
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
-from authsvc.roles import ALL_LABELS
-from authsvc.roles import Profile
-from authsvc.roles import RoleGrant
-from authsvc.roles import RolesConfig
-from authsvc.roles import compose_profile
-from authsvc.roles import load_permissions_file
-from authsvc.roles import loads_jsonc
-from authsvc.roles import normalize_labels
-from authsvc.roles import parse_roles
-from authsvc.roles import strip_json_comments
+from authsvc.identity.roles import ALL_LABELS
+from authsvc.identity.roles import Profile
+from authsvc.identity.roles import RoleGrant
+from authsvc.identity.roles import RolesConfig
+from authsvc.identity.roles import compose_profile
+from authsvc.identity.roles import load_permissions_file
+from authsvc.identity.roles import loads_jsonc
+from authsvc.identity.roles import normalize_labels
+from authsvc.identity.roles import parse_roles
+from authsvc.identity.roles import strip_json_comments
 
 pytestmark = pytest.mark.unit
 

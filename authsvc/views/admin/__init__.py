@@ -6,8 +6,8 @@ callback Authlib checks ``state``, the PKCE verifier and the ID token (signature
 audience, nonce); the access token is then verified by the same
 :class:`~authsvc.identity.KeycloakVerifier` as every API call, which builds the
 :class:`~authsvc.identity.Identity` through ``claims_to_identity``. The session is server-side
-(:mod:`authsvc.admin_sessions`): the cookie carries only a random id, so signing out — which
-deletes the row and then ends the provider's session with ``id_token_hint`` — ends access.
+(:mod:`authsvc.identity.admin_sessions`): the cookie carries only a random id, so signing out —
+which deletes the row and then ends the provider's session with ``id_token_hint`` — ends access.
 
 Cookies: ``HttpOnly``, ``SameSite=Lax``, ``Secure`` unless ``admin_cookie_secure`` is false.
 CSRF: every session holds a random token; every non-GET request under ``/admin`` must send it
@@ -48,14 +48,14 @@ from flask import session
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import admin_sessions
-from authsvc.authn import actor_for
 from authsvc.config import Settings
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Forbidden
 from authsvc.errors import OrthancError
 from authsvc.errors import OrthancUnavailable
 from authsvc.identity import Identity
+from authsvc.identity import admin_sessions
+from authsvc.identity.authn import actor_for
 from authsvc.policy import Action
 from authsvc.policy import Actor
 from authsvc.policy import decide

@@ -9,9 +9,9 @@ from flask import flash
 from flask import request
 
 from authsvc import albums
-from authsvc.authn import profile_for
 from authsvc.errors import AuthsvcError
 from authsvc.errors import NotFound
+from authsvc.identity.authn import profile_for
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole

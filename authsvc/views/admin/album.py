@@ -12,11 +12,11 @@ from flask import request
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import admin_sessions
 from authsvc import albums
 from authsvc.errors import Conflict
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import ValidationFailed
+from authsvc.identity import admin_sessions
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole
 from authsvc.policy import Target

@@ -11,9 +11,9 @@ from flask import Response
 from flask import render_template
 from flask import request
 
-from authsvc import admin_sessions
 from authsvc import audit
 from authsvc.extensions import db
+from authsvc.identity import admin_sessions
 from authsvc.models import Album
 from authsvc.views.admin import admin_only
 from authsvc.views.admin import bp

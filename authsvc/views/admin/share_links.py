@@ -11,11 +11,11 @@ from flask import request
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import admin_sessions
 from authsvc.credentials import api_key_records
 from authsvc.credentials import lifecycle
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
+from authsvc.identity import admin_sessions
 from authsvc.policy import Action
 from authsvc.policy import decide
 from authsvc.services import services

@@ -13,7 +13,6 @@ from flask import request
 from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import admin_sessions
 from authsvc import albums
 from authsvc.albums import access as album_access
 from authsvc.credentials import lifecycle
@@ -21,6 +20,7 @@ from authsvc.credentials import upload_token_records
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
+from authsvc.identity import admin_sessions
 from authsvc.policy import Action
 from authsvc.services import services
 from authsvc.views.admin import bp

@@ -21,11 +21,11 @@ from flask import url_for
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from authsvc import admin_sessions
 from authsvc.errors import AuthsvcError
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import IdentityProviderUnavailable
 from authsvc.identity import Identity
+from authsvc.identity import admin_sessions
 from authsvc.services import services
 from authsvc.views.admin import _CSRF
 from authsvc.views.admin import _NEXT

@@ -1,4 +1,4 @@
-"""authsvc.users: the Keycloak users authsvc has seen, for the plugin's user-id lookups.
+"""authsvc.identity.users: the Keycloak users authsvc has seen, for the plugin's user-id lookups.
 
 The plugin's audit-log page asks ``/user/get-profile`` with a bare ``user-id`` (protocol spec
 §3.3) to show a name. authsvc has no Keycloak admin credentials, so it answers from users it
@@ -47,7 +47,7 @@ class UserDirectory:
         at once,
         an unchanged one at most once per ``remember_every`` seconds.
         """
-        from authsvc.admin_sessions import identity_to_json
+        from authsvc.identity.admin_sessions import identity_to_json
 
         if identity.kind not in (IdentityKind.USER, IdentityKind.SERVICE):
             return

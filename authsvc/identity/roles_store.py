@@ -1,4 +1,4 @@
-"""authsvc.roles_store: the stored roles configuration, its history, and a short per-process cache.
+"""authsvc.identity.roles_store: the stored roles configuration, its history, a per-process cache.
 
 The roles configuration (role -> permissions + authorized labels, group -> roles) lives in the
 database (``roles_config``, one row) so every worker and replica sees the same one; every change
@@ -38,12 +38,12 @@ from authsvc.errors import ConfigError
 from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
+from authsvc.identity.roles import RolesConfig
+from authsvc.identity.roles import load_permissions_file
+from authsvc.identity.roles import parse_roles
 from authsvc.models import RolesConfigDoc
 from authsvc.models import RolesConfigHistory
 from authsvc.models import utcnow
-from authsvc.roles import RolesConfig
-from authsvc.roles import load_permissions_file
-from authsvc.roles import parse_roles
 
 __all__ = ["RolesSnapshot", "RolesStore"]
 

@@ -1,4 +1,4 @@
-"""authsvc.authn: who is calling — credentials to :class:`Identity`, profile and policy actor.
+"""authsvc.identity.authn: who is calling — credentials to :class:`Identity`, profile, actor.
 
 The one authentication seam of the service. The JSON API, uploads, the nginx gate and the admin
 pages all go through it (via ``authsvc.views.auth``, which reads the headers):
@@ -47,13 +47,13 @@ from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
 from authsvc.identity import KeycloakVerifier
 from authsvc.identity import normalize_group
+from authsvc.identity.roles import Profile
+from authsvc.identity.roles import RolesConfig
+from authsvc.identity.roles import compose_profile
 from authsvc.models import ApiKey
 from authsvc.models import utcnow
 from authsvc.policy import Actor
 from authsvc.policy import is_global_admin
-from authsvc.roles import Profile
-from authsvc.roles import RolesConfig
-from authsvc.roles import compose_profile
 
 __all__ = [
     "ALL_PERMISSION",

@@ -1,4 +1,4 @@
-"""authsvc.roles: the roles configuration and the one function that turns roles into a profile.
+"""authsvc.identity.roles: the roles configuration and the function turning roles into a profile.
 
 The configuration maps Keycloak role names to global Orthanc permissions and authorized labels,
 in the JSON shape the Advanced Authorization plugin forwards for ``GET/PUT /settings/roles``

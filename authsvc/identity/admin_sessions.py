@@ -1,4 +1,4 @@
-"""authsvc.admin_sessions: server-side sessions of the admin pages.
+"""authsvc.identity.admin_sessions: server-side sessions of the admin pages.
 
 The browser's (signed, HttpOnly) cookie carries only a random session id. The row it names
 holds who signed in — the :class:`~authsvc.identity.Identity` built from the verified access
