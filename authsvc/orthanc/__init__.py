@@ -4,7 +4,9 @@ One module per concern:
 
 * :mod:`~authsvc.orthanc.client` — the REST client with authsvc's own credentials, the
   registry of configured servers (:class:`OrthancServers`) and the label-write probe;
-* :mod:`~authsvc.orthanc.routes` — the route map: what an Orthanc request touches, for the gate;
+* :mod:`~authsvc.orthanc.routes` — the route map: what an Orthanc request touches, for the gate
+  (its DICOMweb, WADO-URI and viewer routes in :mod:`~authsvc.orthanc.routes_dicomweb`, its
+  vocabulary in :mod:`~authsvc.orthanc.route_values`);
 * :mod:`~authsvc.orthanc.gate` — the facts behind the nginx ``auth_request`` decision;
 * :mod:`~authsvc.orthanc.study_labels` — which study a resource belongs to, its labels, cached;
 * :mod:`~authsvc.orthanc.dicomweb` — album-scoped DICOMweb helpers (URL rewriting, QIDO);

@@ -44,18 +44,50 @@ dot-ended segments, no ``//``, no ``;`` parameters, no backslashes, no control o
 characters, bounded length, methods in upper case only, case variants of known route names
 refused. Query parameter *names* must be raw too (``Study%49nstanceUID`` would be a filter to us
 and an unknown argument to Orthanc, which would then list every study).
+
+The vocabulary (kinds, capabilities, targets, identifier checks) is in
+:mod:`authsvc.orthanc.route_values` and the DICOMweb, WADO-URI and viewer routes are in
+:mod:`authsvc.orthanc.routes_dicomweb`; this module holds the classifier, the Orthanc core and
+plugin routes, and re-exports the public names.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from collections.abc import Iterable
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from urllib.parse import unquote
+
+from authsvc.orthanc.route_values import _METHOD_CAPABILITY
+from authsvc.orthanc.route_values import _READ_METHODS
+from authsvc.orthanc.route_values import MAX_URI_LENGTH
+from authsvc.orthanc.route_values import Capability
+from authsvc.orthanc.route_values import IdKind
+from authsvc.orthanc.route_values import Level
+from authsvc.orthanc.route_values import Query
+from authsvc.orthanc.route_values import ResourceRef
+from authsvc.orthanc.route_values import RouteFamily
+from authsvc.orthanc.route_values import RouteKind
+from authsvc.orthanc.route_values import RouteTarget
+from authsvc.orthanc.route_values import _admin
+from authsvc.orthanc.route_values import _Handler
+from authsvc.orthanc.route_values import _Malformed
+from authsvc.orthanc.route_values import _orthanc_ref
+from authsvc.orthanc.route_values import _resource
+from authsvc.orthanc.route_values import _server_wide
+from authsvc.orthanc.route_values import _split_list
+from authsvc.orthanc.route_values import _static
+from authsvc.orthanc.route_values import _target
+from authsvc.orthanc.route_values import _unknown
+from authsvc.orthanc.route_values import _values
+from authsvc.orthanc.route_values import is_dicom_uid
+from authsvc.orthanc.route_values import is_orthanc_id
+from authsvc.orthanc.routes_dicomweb import _dicomweb
+from authsvc.orthanc.routes_dicomweb import _legacy_viewer
+from authsvc.orthanc.routes_dicomweb import _ohif
+from authsvc.orthanc.routes_dicomweb import _stone
+from authsvc.orthanc.routes_dicomweb import _volview
+from authsvc.orthanc.routes_dicomweb import _wado_uri
 
 __all__ = [
     "DEFAULT_CLASSIFIER",
@@ -73,159 +105,8 @@ __all__ = [
     "is_orthanc_id",
 ]
 
-#: Longest request URI classified; longer ones are malformed. Generous for QIDO queries.
-MAX_URI_LENGTH = 8192
 _MAX_SEGMENTS = 32
 _MAX_QUERY_FIELDS = 64
-
-
-class RouteKind(StrEnum):
-    """What sort of route a request is, as far as authorization is concerned."""
-
-    #: Names specific resources (``RouteTarget.resources``); decided per study.
-    RESOURCE = "resource"
-    #: Touches data that a yes/no per study cannot bound (lists, queries, uploads, bodies).
-    SERVER_WIDE = "server-wide"
-    #: No patient data: UI files, viewer shells, ``/system``, caller-scoped plugin routes.
-    STATIC = "static"
-    #: Orthanc administration.
-    ADMIN_ONLY = "admin-only"
-    #: Well-formed, but not a route this module knows.
-    UNKNOWN = "unknown"
-    #: Odd or ambiguous input; never forwarded.
-    MALFORMED = "malformed"
-
-
-class Capability(StrEnum):
-    """What the request would do to what it touches."""
-
-    READ = "read"
-    WRITE = "write"
-    MODIFY = "modify"
-    DELETE = "delete"
-
-
-class Level(StrEnum):
-    """Orthanc resource levels, spelled as the plugin spells them."""
-
-    PATIENT = "patient"
-    STUDY = "study"
-    SERIES = "series"
-    INSTANCE = "instance"
-
-
-class IdKind(StrEnum):
-    """Which identifier a :class:`ResourceRef` carries (the plugin's field names)."""
-
-    ORTHANC_ID = "orthanc-id"
-    DICOM_UID = "dicom-uid"
-
-
-class RouteFamily(StrEnum):
-    """The route family a request belongs to: for logs, audit details and tests."""
-
-    MALFORMED = "malformed"
-    UNKNOWN = "unknown"
-    ROOT = "root"
-    ORTHANC_EXPLORER = "orthanc-explorer"
-    OE2_APP = "oe2-app"
-    OE2_API = "oe2-api"
-    STONE_VIEWER = "stone-viewer"
-    OHIF_VIEWER = "ohif-viewer"
-    VOLVIEW_VIEWER = "volview-viewer"
-    LEGACY_VIEWER = "legacy-viewer"
-    REST_LIST = "rest-list"
-    REST_RESOURCE = "rest-resource"
-    REST_UPLOAD = "rest-upload"
-    DICOMWEB_QIDO = "dicomweb-qido"
-    DICOMWEB_WADO = "dicomweb-wado"
-    DICOMWEB_STOW = "dicomweb-stow"
-    DICOMWEB_SERVERS = "dicomweb-servers"
-    WADO_URI = "wado-uri"
-    TOOLS_QUERY = "tools-query"
-    TOOLS_ARCHIVE = "tools-archive"
-    TOOLS_BULK = "tools-bulk"
-    TOOLS_UPLOAD = "tools-upload"
-    TOOLS_HARMLESS = "tools-harmless"
-    TOOLS_ADMIN = "tools-admin"
-    CHANGES = "changes"
-    STATISTICS = "statistics"
-    SYSTEM = "system"
-    PLUGINS = "plugins"
-    ORTHANC_ADMIN = "orthanc-admin"
-    AUTH_PLUGIN = "auth-plugin"
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceRef:
-    """One resource a request names.
-
-    ``level`` is None when the URI does not say (``/tools/create-archive?resources=``: Orthanc
-    detects the level of each id itself). ``study_uid`` is the StudyInstanceUID the URI puts
-    around a DICOMweb/WADO-URI series or instance; it is a hint only. Authorise on the study
-    that owns the resource named by ``identifier`` (a server may not check that the path's
-    study really contains it). A patient spans studies: every one of them must pass.
-    """
-
-    level: Level | None
-    identifier: str
-    id_kind: IdKind
-    study_uid: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTarget:
-    """The answer of :func:`classify`. For RESOURCE targets, every entry of ``resources`` must
-    be allowed. ``capability`` is meaningless for MALFORMED targets; ``reason`` says why a
-    target is MALFORMED (safe to log: it never echoes the URI)."""
-
-    kind: RouteKind
-    capability: Capability
-    family: RouteFamily
-    resources: tuple[ResourceRef, ...] = ()
-    reason: str = ""
-
-    @property
-    def level(self) -> Level | None:
-        """Return the level of the only resource, or None unless exactly one is named."""
-        return self.resources[0].level if len(self.resources) == 1 else None
-
-    @property
-    def identifier(self) -> str | None:
-        """Return the identifier of the only resource, or None unless exactly one is named."""
-        return self.resources[0].identifier if len(self.resources) == 1 else None
-
-    @property
-    def id_kind(self) -> IdKind | None:
-        """Return which identifier the only resource carries, or None unless exactly one."""
-        return self.resources[0].id_kind if len(self.resources) == 1 else None
-
-
-# --- identifiers ---------------------------------------------------------------------------
-
-# Orthanc ids are SHA-1 digests printed as five dash-separated groups of 8 lower-case hex
-# digits. Orthanc itself never prints upper case, so an upper-case id is an odd input.
-_ORTHANC_ID_RE = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
-# DICOM UIDs: dot-separated digit groups, at most 64 characters (PS3.5 §9.1). Wildcards,
-# lists and empty components fail this and so never count as naming one resource.
-_DICOM_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_UID_MAX_LENGTH = 64
-_FRAME_LIST_RE = re.compile(r"[0-9]+(?:,[0-9]+)*")
-_LEGACY_INSTANCE_RE = re.compile(
-    r"[a-z0-9]+-([0-9a-f]{8}(?:-[0-9a-f]{8}){4})_[0-9]+"
-)  # Orthanc Web Viewer: "{compression}-{instance id}_{frame}"
-_OHIF_JSON_URL_RE = re.compile(r"(?:^|/)studies/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})/ohif-dicom-json")
-_VOLVIEW_URL_RE = re.compile(r"(?:^|/)studies/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})/archive")
-
-
-def is_orthanc_id(text: str) -> bool:
-    """Return True if ``text`` is shaped like an Orthanc resource id."""
-    return _ORTHANC_ID_RE.fullmatch(text) is not None
-
-
-def is_dicom_uid(text: str) -> bool:
-    """Return True if ``text`` is a plain DICOM UID (no wildcard, no list, ≤ 64 characters)."""
-    return len(text) <= _UID_MAX_LENGTH and _DICOM_UID_RE.fullmatch(text) is not None
 
 
 # --- characters ----------------------------------------------------------------------------
@@ -238,16 +119,6 @@ _QUERY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset('#"<>\\`
 _PARAM_NAME_RE = re.compile(r"[A-Za-z0-9_.,\-]+")
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
-_READ_METHODS = frozenset({"GET", "HEAD"})
-_METHOD_CAPABILITY: Mapping[str, Capability] = MappingProxyType(
-    {
-        "GET": Capability.READ,
-        "HEAD": Capability.READ,
-        "POST": Capability.WRITE,
-        "PUT": Capability.MODIFY,
-        "DELETE": Capability.DELETE,
-    }
-)
 
 _REST_LEVELS: Mapping[str, Level] = MappingProxyType(
     {
@@ -257,24 +128,6 @@ _REST_LEVELS: Mapping[str, Level] = MappingProxyType(
         "instances": Level.INSTANCE,
     }
 )
-
-# QIDO filters that name a study. Only these exact spellings count: the DICOMweb plugin may
-# treat other spellings differently, and a filter it ignored would turn into a full listing.
-_STUDY_UID_PARAMS = frozenset({"StudyInstanceUID", "0020000D"})
-_SERIES_UID_PARAMS = frozenset({"SeriesInstanceUID", "0020000E"})
-
-
-def _loose(name: str) -> str:
-    """Return a parameter name folded the way a lenient server might read it."""
-    return name.replace(",", "").replace("_", "").lower()
-
-
-_STUDY_UID_LOOSE = frozenset(_loose(n) for n in _STUDY_UID_PARAMS)
-_SERIES_UID_LOOSE = frozenset(_loose(n) for n in _SERIES_UID_PARAMS)
-_WADO_URI_PARAMS = ("requestType", "studyUID", "seriesUID", "objectUID")
-_WADO_URI_LOOSE = frozenset(_loose(n) for n in _WADO_URI_PARAMS)
-
-Query = tuple[tuple[str, str], ...]
 
 # Literal path segments routes are matched on below the first segment (see _parse).
 _ROUTE_WORDS = frozenset(
@@ -290,25 +143,6 @@ _ROUTE_WORDS = frozenset(
         "settings", "roles", "permissions", "audit-logs",
     }
 )  # fmt: skip
-_Handler = Callable[[str, tuple[str, ...], Query], "RouteTarget"]
-
-
-class _Malformed(Exception):
-    """Internal: raised while classifying to answer MALFORMED with a reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _values(query: Query, name: str) -> list[str]:
-    """Return every value of parameter ``name`` (exact spelling), in order."""
-    return [value for key, value in query if key == name]
-
-
-def _split_list(values: Iterable[str]) -> list[str]:
-    """Return the comma-separated items of all ``values``, without empty items."""
-    return [item for value in values for item in value.split(",") if item]
 
 
 # --- the classifier -------------------------------------------------------------------------
@@ -451,57 +285,6 @@ def _parse_query(raw_query: str) -> Query:
     return tuple(pairs)
 
 
-def _target(
-    kind: RouteKind,
-    capability: Capability,
-    family: RouteFamily,
-    resources: tuple[ResourceRef, ...] = (),
-) -> RouteTarget:
-    """Build a RouteTarget (short alias used by the route handlers)."""
-    return RouteTarget(kind, capability, family, resources)
-
-
-def _unknown(method: str) -> RouteTarget:
-    """Return the UNKNOWN target for ``method``."""
-    return _target(RouteKind.UNKNOWN, _METHOD_CAPABILITY[method], RouteFamily.UNKNOWN)
-
-
-def _admin(method: str, family: RouteFamily) -> RouteTarget:
-    """Return an ADMIN_ONLY target."""
-    return _target(RouteKind.ADMIN_ONLY, _METHOD_CAPABILITY[method], family)
-
-
-def _static(method: str, family: RouteFamily) -> RouteTarget:
-    """Return STATIC for reads; other methods on static families are unknown routes."""
-    if method in _READ_METHODS:
-        return _target(RouteKind.STATIC, Capability.READ, family)
-    return _unknown(method)
-
-
-def _server_wide(capability: Capability, family: RouteFamily) -> RouteTarget:
-    """Return a SERVER_WIDE target."""
-    return _target(RouteKind.SERVER_WIDE, capability, family)
-
-
-def _resource(capability: Capability, family: RouteFamily, *refs: ResourceRef) -> RouteTarget:
-    """Return a RESOURCE target naming ``refs``."""
-    return _target(RouteKind.RESOURCE, capability, family, refs)
-
-
-def _orthanc_ref(level: Level | None, identifier: str) -> ResourceRef:
-    """Return a reference by Orthanc id, or raise _Malformed if the id is not one."""
-    if not is_orthanc_id(identifier):
-        raise _Malformed("not an Orthanc identifier")
-    return ResourceRef(level, identifier, IdKind.ORTHANC_ID)
-
-
-def _uid(text: str) -> str:
-    """Return ``text`` if it is a DICOM UID, else raise _Malformed."""
-    if not is_dicom_uid(text):
-        raise _Malformed("not a DICOM UID")
-    return text
-
-
 # --- REST resources ---------------------------------------------------------------------------
 
 _REST_POST_READ = frozenset({"archive", "media"})
@@ -537,210 +320,6 @@ def _rest(method: str, level: Level, rest: tuple[str, ...]) -> RouteTarget:
         return _resource(Capability.MODIFY, family, ref)
     # Labels (only authsvc sets album labels), attachments, protection, reconstruct, export…
     return _admin(method, family)
-
-
-# --- DICOMweb ---------------------------------------------------------------------------------
-
-_QIDO_ROOTS = frozenset({"studies", "series", "instances"})
-_STUDY_TAILS = frozenset(
-    {(), ("series",), ("metadata",), ("instances",), ("rendered",), ("thumbnail",)}
-)
-_SERIES_TAILS = frozenset({(), ("instances",), ("rendered",), ("thumbnail",), ("metadata",)})
-_INSTANCE_TAILS = frozenset({(), ("rendered",), ("thumbnail",), ("metadata",)})
-_FRAME_SUFFIXES = frozenset({(), ("rendered",), ("thumbnail",)})
-
-
-def _study_filters(query: Query) -> tuple[list[str], bool]:
-    """Return the values of exact StudyInstanceUID filters and whether a variant spelling exists."""
-    exact: list[str] = []
-    variant = False
-    for name, value in query:
-        if name in _STUDY_UID_PARAMS:
-            exact.append(value)
-        elif _loose(name) in _STUDY_UID_LOOSE:
-            variant = True
-    return exact, variant
-
-
-def _check_no_conflict(query: Query, study_uid: str, series_uid: str | None) -> None:
-    """Refuse UID filters that disagree with (or misspell) the UIDs in a DICOMweb path."""
-    for name, value in query:
-        loose = _loose(name)
-        if loose in _STUDY_UID_LOOSE and (name not in _STUDY_UID_PARAMS or value != study_uid):
-            raise _Malformed("study filter conflicts with the path")
-        if (
-            series_uid is not None
-            and loose in _SERIES_UID_LOOSE
-            and (name not in _SERIES_UID_PARAMS or value != series_uid)
-        ):
-            raise _Malformed("series filter conflicts with the path")
-
-
-def _dicomweb(method: str, rest: tuple[str, ...], query: Query) -> RouteTarget:
-    """Classify a path below the DICOMweb root."""
-    if not rest:
-        return _unknown(method)
-    head = rest[0]
-    if head == "servers":
-        return _admin(method, RouteFamily.DICOMWEB_SERVERS)
-    if len(rest) == 1 and head in _QIDO_ROOTS:
-        if method in _READ_METHODS:
-            exact, variant = _study_filters(query)
-            if len(exact) == 1 and not variant and is_dicom_uid(exact[0]):
-                ref = ResourceRef(Level.STUDY, exact[0], IdKind.DICOM_UID, exact[0])
-                return _resource(Capability.READ, RouteFamily.DICOMWEB_QIDO, ref)
-            return _server_wide(Capability.READ, RouteFamily.DICOMWEB_QIDO)
-        if method == "POST" and head == "studies":
-            return _server_wide(Capability.WRITE, RouteFamily.DICOMWEB_STOW)
-        return _unknown(method)
-    if head != "studies":
-        return _unknown(method)
-
-    study_uid = _uid(rest[1])
-    tail = rest[2:]
-    study = ResourceRef(Level.STUDY, study_uid, IdKind.DICOM_UID, study_uid)
-    if method == "POST":
-        if tail:
-            return _unknown(method)
-        _check_no_conflict(query, study_uid, None)
-        return _resource(Capability.WRITE, RouteFamily.DICOMWEB_STOW, study)
-    if method not in _READ_METHODS:
-        return _unknown(method)
-    family = RouteFamily.DICOMWEB_WADO
-    if tail in _STUDY_TAILS:
-        _check_no_conflict(query, study_uid, None)
-        return _resource(Capability.READ, family, study)
-    if tail[0] != "series" or len(tail) < 2:
-        return _unknown(method)
-    series_uid = _uid(tail[1])
-    series = ResourceRef(Level.SERIES, series_uid, IdKind.DICOM_UID, study_uid)
-    tail = tail[2:]
-    if tail in _SERIES_TAILS:
-        _check_no_conflict(query, study_uid, series_uid)
-        return _resource(Capability.READ, family, series)
-    if tail[0] != "instances" or len(tail) < 2:
-        return _unknown(method)
-    instance = ResourceRef(Level.INSTANCE, _uid(tail[1]), IdKind.DICOM_UID, study_uid)
-    tail = tail[2:]
-    if (
-        tail in _INSTANCE_TAILS
-        or (tail[0] == "bulk" and len(tail) >= 2)
-        or (
-            tail[0] == "frames"
-            and len(tail) >= 2
-            and _FRAME_LIST_RE.fullmatch(tail[1]) is not None
-            and tail[2:] in _FRAME_SUFFIXES
-        )
-    ):
-        _check_no_conflict(query, study_uid, series_uid)
-        return _resource(Capability.READ, family, instance)
-    return _unknown(method)
-
-
-def _wado_uri(method: str, query: Query) -> RouteTarget:
-    """Classify WADO-URI: one instance, named by objectUID within studyUID/seriesUID."""
-    if method not in _READ_METHODS:
-        return _unknown(method)
-    for name, _ in query:
-        if _loose(name) in _WADO_URI_LOOSE and name not in _WADO_URI_PARAMS:
-            raise _Malformed("misspelled WADO-URI parameter")
-    found: dict[str, str] = {}
-    for name in _WADO_URI_PARAMS:
-        values = _values(query, name)
-        if len(values) != 1:
-            raise _Malformed("WADO-URI needs exactly one of each identifying parameter")
-        found[name] = values[0]
-    if found["requestType"] != "WADO":
-        raise _Malformed("WADO-URI requestType is not WADO")
-    study_uid = _uid(found["studyUID"])
-    _uid(found["seriesUID"])
-    ref = ResourceRef(Level.INSTANCE, _uid(found["objectUID"]), IdKind.DICOM_UID, study_uid)
-    return _resource(Capability.READ, RouteFamily.WADO_URI, ref)
-
-
-# --- viewers ---------------------------------------------------------------------------------
-
-
-def _viewer(method: str, family: RouteFamily, refs: list[ResourceRef]) -> RouteTarget:
-    """A viewer shell: the studies its query names, or a static asset when it names none."""
-    if method not in _READ_METHODS:
-        return _unknown(method)
-    if not refs:
-        return _static(method, family)
-    return _resource(Capability.READ, family, *dict.fromkeys(refs))
-
-
-def _stone(method: str, segs: tuple[str, ...], query: Query) -> RouteTarget:
-    """Stone Web viewer: ``?study=uid[,uid]`` (also ``selectedStudies``) and ``?series=uid``."""
-    refs = [
-        ResourceRef(Level.STUDY, _uid(uid), IdKind.DICOM_UID, uid)
-        for uid in _split_list(_values(query, "study") + _values(query, "selectedStudies"))
-    ]
-    refs += [
-        ResourceRef(Level.SERIES, _uid(uid), IdKind.DICOM_UID)
-        for uid in _split_list(_values(query, "series"))
-    ]
-    return _viewer(method, RouteFamily.STONE_VIEWER, refs)
-
-
-def _ohif(method: str, segs: tuple[str, ...], query: Query) -> RouteTarget:
-    """OHIF: ``?StudyInstanceUIDs=uid[,uid]`` or ``?url=../studies/{id}/ohif-dicom-json``."""
-    refs = [
-        ResourceRef(Level.STUDY, _uid(uid), IdKind.DICOM_UID, uid)
-        for uid in _split_list(_values(query, "StudyInstanceUIDs"))
-    ]
-    for url in _values(query, "url"):
-        match = _OHIF_JSON_URL_RE.search(url)
-        if match is None or not url.endswith("/ohif-dicom-json"):
-            raise _Malformed("OHIF url is not an Orthanc study")
-        refs.append(_orthanc_ref(Level.STUDY, match.group(1)))
-    return _viewer(method, RouteFamily.OHIF_VIEWER, refs)
-
-
-def _volview(method: str, segs: tuple[str, ...], query: Query) -> RouteTarget:
-    """VolView: ``?urls=[../studies/{id}/archive,...]``."""
-    refs: list[ResourceRef] = []
-    for value in _values(query, "urls"):
-        for url in _split_list([value.strip("[]")]):
-            match = _VOLVIEW_URL_RE.search(url)
-            if match is None or not url.endswith("/archive"):
-                raise _Malformed("VolView url is not an Orthanc study archive")
-            refs.append(_orthanc_ref(Level.STUDY, match.group(1)))
-    return _viewer(method, RouteFamily.VOLVIEW_VIEWER, refs)
-
-
-# Legacy viewers (the plugin's SINGLE_RESOURCE_PATTERNS 2-6): (root, sub-route) -> level.
-_LEGACY_ROUTES: Mapping[tuple[str, str], Level] = MappingProxyType(
-    {
-        ("web-viewer", "series"): Level.SERIES,
-        ("web-viewer", "is-stable-series"): Level.SERIES,
-        ("wsi", "pyramids"): Level.SERIES,
-        ("wsi", "tiles"): Level.SERIES,
-        ("osimis-viewer", "series"): Level.SERIES,
-        ("osimis-viewer", "studies"): Level.STUDY,
-        ("osimis-viewer", "images"): Level.INSTANCE,
-        ("osimis-viewer", "custom-command"): Level.INSTANCE,
-    }
-)
-
-
-def _legacy_viewer(method: str, segs: tuple[str, ...], query: Query) -> RouteTarget:
-    """Orthanc Web Viewer, WSI and Osimis viewer: data routes by Orthanc id, else assets."""
-    family = RouteFamily.LEGACY_VIEWER
-    if method not in _READ_METHODS:
-        return _unknown(method)
-    if len(segs) >= 3:
-        level = _LEGACY_ROUTES.get((segs[0], segs[1]))
-        if level is not None:
-            return _resource(Capability.READ, family, _orthanc_ref(level, segs[2]))
-        if segs[0] == "web-viewer" and segs[1] == "instances" and len(segs) == 3:
-            match = _LEGACY_INSTANCE_RE.fullmatch(segs[2])
-            if match is None:
-                raise _Malformed("not an Orthanc Web Viewer instance")
-            return _resource(Capability.READ, family, _orthanc_ref(Level.INSTANCE, match.group(1)))
-    if len(segs) >= 2 and ((segs[0], segs[1]) in _LEGACY_ROUTES or segs[1] == "instances"):
-        raise _Malformed("viewer data route without an identifier")
-    return _static(method, family)
 
 
 # --- tools and the rest ----------------------------------------------------------------------
