@@ -38,6 +38,8 @@ from authsvc.credentials import lifecycle
 from authsvc.credentials.album_tokens import AlbumTokenClaims
 from authsvc.credentials.album_tokens import issue_album_read_token
 from authsvc.credentials.album_tokens import open_album_read_token
+from authsvc.credentials.records import lifetime_state
+from authsvc.credentials.records import revoke_row
 from authsvc.credentials.sealing import KeyRing
 from authsvc.errors import CredentialSuspended
 from authsvc.errors import Forbidden
@@ -262,16 +264,15 @@ def revoke_read_token(
     row = db.session.get(AlbumReadToken, token_id) if token_id and len(token_id) <= 64 else None
     if row is None or row.album_id != album.id:
         raise NotFound("No such read token.")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        row.revoked_by = actor.subject or audit_name
-        audit.record(
-            AuditAction.token_album_read_revoke,
-            audit_name,
-            f"album:{album.id}",
-            Outcome.success,
-            {"token_id": row.id},
-        )
+    if revoke_row(
+        row,
+        now=utcnow(),
+        revoked_by=actor.subject or audit_name,
+        event=AuditAction.token_album_read_revoke,
+        actor=audit_name,
+        target=f"album:{album.id}",
+        details={"token_id": row.id},
+    ):
         db.session.commit()
     return row
 
@@ -344,12 +345,9 @@ def read_token_json(row: AlbumReadToken, *, with_state: bool = False) -> dict[st
     """
     extra: dict[str, object] = {}
     if with_state:
-        state, reason = "active", None
-        if row.revoked_at is not None:
-            state = "revoked"
-        elif row.expires_at <= utcnow():
-            state = "expired"
-        else:
+        state: str = lifetime_state(row, utcnow())
+        reason = None
+        if state == "active":
             backing = read_token_backing(row, db.session.get(Album, row.album_id))
             if not backing:
                 state, reason = "suspended", backing.reason

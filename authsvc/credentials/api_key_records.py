@@ -29,6 +29,8 @@ from authsvc.credentials.api_keys import API_KEY_PREFIX
 from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.api_keys import redacted_api_key
 from authsvc.credentials.lifecycle import api_key_owner_disabled
+from authsvc.credentials.records import lifetime_state
+from authsvc.credentials.records import revoke_row
 from authsvc.errors import NotFound
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
@@ -177,15 +179,14 @@ def is_owned_by(row: ApiKey, identity: Identity) -> bool:
 
 def revoke_key(row: ApiKey, *, actor: Identity, now: dt.datetime) -> None:
     """Revoke a key (idempotent) and audit it; the caller commits and forgets it from caches."""
-    if row.revoked_at is not None:
-        return
-    row.revoked_at = now
-    audit.record(
-        AuditAction.api_key_revoke,
-        actor_tag(actor),
-        f"api-key:{row.id}",
-        Outcome.success,
-        {"name": row.name, "kind": row.kind},
+    revoke_row(
+        row,
+        now=now,
+        revoked_by=None,
+        event=AuditAction.api_key_revoke,
+        actor=actor_tag(actor),
+        target=f"api-key:{row.id}",
+        details={"name": row.name, "kind": row.kind},
     )
 
 
@@ -196,8 +197,7 @@ def key_json(row: ApiKey, *, now: dt.datetime | None = None) -> dict[str, Any]:
     disabled: the key is refused until the owner is enabled again.
     """
     now = now or utcnow()
-    expired = row.expires_at is not None and row.expires_at <= now
-    status = "revoked" if row.revoked_at else "expired" if expired else "active"
+    status: str = lifetime_state(row, now)
     reason = None
     if status == "active" and row.kind == USER_KIND:
         backing = owner_backing(row.owner_subject)

@@ -35,6 +35,8 @@ import sqlalchemy as sa
 from authsvc import audit
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials.records import lifetime_state
+from authsvc.credentials.records import revoke_row
 from authsvc.credentials.sealing import ANY_SERVER
 from authsvc.credentials.sealing import ExpectedServer
 from authsvc.credentials.sealing import KeyRing
@@ -387,16 +389,15 @@ class ShareTokenService:
 
     def revoke(self, row: ShareToken, *, actor: str, now: datetime) -> None:
         """Revoke a share token (idempotent) and audit it; the caller commits."""
-        if row.revoked_at is None:
-            row.revoked_at = now
-            row.revoked_by = actor
-            audit.record(
-                AuditAction.token_share_revoke,
-                actor,
-                f"share-token:{row.id}",
-                Outcome.success,
-                {"type": row.token_type},
-            )
+        revoke_row(
+            row,
+            now=now,
+            revoked_by=actor,
+            event=AuditAction.token_share_revoke,
+            actor=actor,
+            target=f"share-token:{row.id}",
+            details={"type": row.token_type},
+        )
         with self._lock:
             self._revoked_cache[row.id] = (True, time.monotonic())
 
@@ -415,8 +416,7 @@ def share_token_json(
     ``suspended``.
     """
     now = now or utcnow()
-    expired = row.expires_at is not None and row.expires_at <= now
-    status = "revoked" if row.revoked_at else "expired" if expired else "active"
+    status: str = lifetime_state(row, now)
     if status == "active" and suspension:
         status = "suspended"
     return {

@@ -34,6 +34,8 @@ from authsvc.audit import Outcome
 from authsvc.credentials import lifecycle
 from authsvc.credentials.album_tokens import issue_upload_token
 from authsvc.credentials.album_tokens import open_upload_token
+from authsvc.credentials.records import lifetime_state
+from authsvc.credentials.records import revoke_row
 from authsvc.credentials.sealing import ANY_SERVER
 from authsvc.credentials.sealing import KeyRing
 from authsvc.credentials.sealing import new_token_id
@@ -98,16 +100,12 @@ def token_json(
     otherwise active token ``suspended``, with the ``reason`` in words.
     """
     now = now or utcnow()
-    if row.revoked_at is not None:
-        state = "revoked"
-    elif row.expires_at <= now:
-        state = "expired"
-    elif row.max_uses is not None and row.use_count >= row.max_uses:
-        state = "used-up"
-    elif backing is not None and not backing:
-        state = "suspended"
-    else:
-        state = "active"
+    state: str = lifetime_state(row, now)
+    if state == "active":
+        if row.max_uses is not None and row.use_count >= row.max_uses:
+            state = "used-up"
+        elif backing is not None and not backing:
+            state = "suspended"
     return {
         "id": row.id,
         "album_id": row.album_id,
@@ -334,16 +332,15 @@ def revoke(caller: Caller, album_id: str, token_id: str) -> UploadToken:
         raise NotFound("No such upload token in this album.")
     if not decision:
         _deny(caller, Action.ALBUM_UPLOAD_TOKEN_REVOKE, album.id, decision)
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        row.revoked_by = caller.subject
-        audit.record(
-            AuditAction.token_upload_revoke,
-            caller.name,
-            f"album:{album.id}",
-            Outcome.success,
-            {"token_id": row.id},
-        )
+    revoke_row(
+        row,
+        now=utcnow(),
+        revoked_by=caller.subject,
+        event=AuditAction.token_upload_revoke,
+        actor=caller.name,
+        target=f"album:{album.id}",
+        details={"token_id": row.id},
+    )
     db.session.commit()
     return row
 
