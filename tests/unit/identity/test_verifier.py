@@ -1,4 +1,4 @@
-"""Unit tests for authsvc.identity: one test per JWT rule, with keys the tests generate."""
+"""Unit tests for authsvc.identity (verifier, values): one test per JWT rule, test-made keys."""
 
 from __future__ import annotations
 
