@@ -8,7 +8,7 @@ Why not werkzeug's ``sansio.multipart.MultipartDecoder``: it decodes ``multipart
 only. It refuses a part without Content-Disposition (every STOW-RS part, and a part with no
 headers), splits at a bare LF or CR before the boundary (which binary pixel data may hold:
 the instance would be cut short), and decodes part headers as UTF-8 (a latin-1 file name
-raises). Each of these is pinned by tests/unit/test_uploads.py.
+raises). Each of these is pinned by tests/unit/uploads/test_uploads.py.
 """
 
 from __future__ import annotations
