@@ -63,7 +63,7 @@ from tests.conftest import base_config
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeStudy
-from tests.functional.test_uploads import UploadingOrthanc
+from tests.functional.uploads.test_uploads import UploadingOrthanc
 from tests.plugin_client import PluginClient
 from tests.plugin_client import basic
 

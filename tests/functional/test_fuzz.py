@@ -38,7 +38,7 @@ from authsvc.extensions import db
 from authsvc.policy import Actor
 from tests import oidc
 from tests.fake_orthanc import URL
-from tests.functional.test_uploads import UploadingOrthanc
+from tests.functional.uploads.test_uploads import UploadingOrthanc
 from tests.plugin_client import basic
 
 pytestmark = pytest.mark.functional

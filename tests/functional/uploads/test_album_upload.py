@@ -29,8 +29,8 @@ from authsvc.models import AuditEvent
 from authsvc.views import album_upload
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
-from tests.functional.test_uploads import UploadingOrthanc
-from tests.functional.test_uploads import study_uid
+from tests.functional.uploads.test_uploads import UploadingOrthanc
+from tests.functional.uploads.test_uploads import study_uid
 
 pytestmark = pytest.mark.functional
 
