@@ -168,7 +168,7 @@ def issue_upload_token(
     )
 
 
-#: The name the design notes use: ``upload_tokens.issue(...)``.
+#: The short name the design notes use: ``upload_tokens.issue(...)`` (this module's former name).
 issue = issue_upload_token
 
 
