@@ -236,7 +236,14 @@ class ShareTokenService:
         from Orthanc (cached, authsvc's own credentials), by the token's own Orthanc id for
         that study; when Orthanc cannot say, none (the maker check then fails closed).
         """
-        if request.labels or requested.level is not ResourceLevel.STUDY:
+        from authsvc.credentials.lifecycle import USER_TAG_PREFIX
+
+        if (
+            request.labels
+            or requested.level is not ResourceLevel.STUDY
+            # Only a link made for a user has a maker to judge: never ask Orthanc for others.
+            or not (claims.issuer or "").startswith(USER_TAG_PREFIX)
+        ):
             return request.labels
         from authsvc.services import services
 

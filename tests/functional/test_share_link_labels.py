@@ -17,6 +17,7 @@ import pytest
 
 from authsvc import albums
 from tests.functional.test_attacks import ADMIN
+from tests.functional.test_attacks import URL
 from tests.functional.test_attacks import World
 from tests.functional.test_attacks import _world
 from tests.functional.test_attacks import bearer
@@ -63,3 +64,13 @@ def test_validation_without_labels_still_follows_the_maker(world: World) -> None
         albums.remove_member(ADMIN, world.album_a, member)
     # vera no longer sees study a: the labels read from Orthanc do not save the link.
     assert world.validate(link, world.a) is False
+
+
+def test_links_without_a_maker_never_send_authsvc_to_orthanc(world: World) -> None:
+    """A link the plugin made (no user maker) has nobody to judge: validating it without
+    labels must not cost a call to Orthanc on the plugin's hot path."""
+    before = len(world.mock.request_history)
+    for _ in range(3):
+        assert world.validate(world.tokens["share"], world.b) is True
+    calls = [r.url for r in world.mock.request_history[before:] if r.url.startswith(URL)]
+    assert calls == []
