@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -53,6 +55,51 @@ def testenv_home() -> Path:
     """Return where setup.sh keeps installed tools outside the repository."""
     configured = os.environ.get("AUTHSVC_TESTENV")
     return Path(configured) if configured else Path.home() / ".cache" / "authsvc"
+
+
+@contextlib.contextmanager
+def private_schema(
+    postgres_url: str, prefix: str, data_dir: Path, seed: Callable[[], None] | None = None
+) -> Iterator[str]:
+    """Yield the URL of a fresh PostgreSQL schema built from schema.sql; drop it afterwards.
+
+    ``seed`` runs inside an app context on that schema after the tables exist (and commits
+    what it adds itself).
+    """
+    import sqlalchemy as sa
+
+    from authsvc import create_app
+    from authsvc.database import init_db
+    from authsvc.extensions import db
+
+    name = prefix + "_" + os.urandom(5).hex()
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    engine = sa.create_engine(
+        plain.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    sep = "&" if "?" in plain else "?"
+    url = f"{plain}{sep}options=-csearch_path%3D{name}"
+    app = create_app(
+        {
+            "env": "testing",
+            "database_url": url,
+            "secret_key": "insecure-test-secret-key-for-schema-setup",
+            "data_dir": str(data_dir),
+        }
+    )
+    with app.app_context():
+        init_db(db.engine)
+        if seed is not None:
+            seed()
+        db.engine.dispose()
+    try:
+        yield url
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+        engine.dispose()
 
 
 def free_port() -> int:

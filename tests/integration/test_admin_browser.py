@@ -14,7 +14,6 @@ import io
 import os
 import re
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-import sqlalchemy as sa
 
 from authsvc.credentials.sealing import generate_key
 from tests import services
@@ -41,36 +39,8 @@ SCREENSHOTS = (
 @pytest.fixture(scope="module")
 def database_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private PostgreSQL schema for this module, built from schema.sql."""
-    from authsvc import create_app
-    from authsvc.database import init_db
-    from authsvc.extensions import db
-
-    name = "admin_" + uuid.uuid4().hex[:10]
-    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
-    engine = sa.create_engine(
-        plain.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    sep = "&" if "?" in plain else "?"
-    url = f"{plain}{sep}options=-csearch_path%3D{name}"
-    app = create_app(
-        {
-            "env": "testing",
-            "database_url": url,
-            "secret_key": "insecure-test-secret-key-for-schema-setup",
-            "data_dir": str(tmp_path_factory.mktemp("admin-db")),
-        }
-    )
-    with app.app_context():
-        init_db(db.engine)
-        db.engine.dispose()
-    try:
+    with services.private_schema(postgres_url, "admin", tmp_path_factory.mktemp("admin-db")) as url:
         yield url
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

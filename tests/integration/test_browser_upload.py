@@ -24,7 +24,6 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-import sqlalchemy as sa
 
 from authsvc.credentials.sealing import generate_key
 from tests import services
@@ -42,31 +41,11 @@ def database_url(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory, idp: services.IdpService
 ) -> Iterator[str]:
     """A private PostgreSQL schema with one album in which alice is invited as contributor."""
-    from authsvc import create_app
-    from authsvc.database import init_db
     from authsvc.extensions import db
     from authsvc.models import Album
     from authsvc.models import AlbumMember
 
-    name = "bupload_" + uuid.uuid4().hex[:10]
-    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
-    engine = sa.create_engine(
-        plain.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    sep = "&" if "?" in plain else "?"
-    url = f"{plain}{sep}options=-csearch_path%3D{name}"
-    app = create_app(
-        {
-            "env": "testing",
-            "database_url": url,
-            "secret_key": "insecure-test-secret-key-for-schema-setup",
-            "data_dir": str(tmp_path_factory.mktemp("bupload-db")),
-        }
-    )
-    with app.app_context():
-        init_db(db.engine)
+    def seed() -> None:
         db.session.add(
             Album(
                 id=ALBUM,
@@ -88,13 +67,11 @@ def database_url(
             )
         )
         db.session.commit()
-        db.engine.dispose()
-    try:
+
+    with services.private_schema(
+        postgres_url, "bupload", tmp_path_factory.mktemp("bupload-db"), seed
+    ) as url:
         yield url
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")
