@@ -28,11 +28,11 @@ from authsvc.uploads import UploadKind
 from authsvc.uploads import UploadLimits
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import FakeOrthanc
-from tests.functional.test_admin import ALICE
-from tests.functional.test_admin import extra_config  # noqa: F401 - the admin pages' settings
-from tests.functional.test_admin import mock  # noqa: F401 - a fixture, used by name
-from tests.functional.test_admin import orthanc  # noqa: F401 - a fixture, used by name
-from tests.functional.test_admin import sign_in
+from tests.functional.admin.test_admin import ALICE
+from tests.functional.admin.test_admin import extra_config  # noqa: F401 - the admin pages' settings
+from tests.functional.admin.test_admin import mock  # noqa: F401 - a fixture, used by name
+from tests.functional.admin.test_admin import orthanc  # noqa: F401 - a fixture, used by name
+from tests.functional.admin.test_admin import sign_in
 
 pytestmark = pytest.mark.functional
 

@@ -172,7 +172,7 @@ def test_anonymous_profile_is_configurable() -> None:
 
 
 def test_album_grants_seam_adds_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real seam reads the database (tests/functional/test_albums_service.py covers it).
+    # The real seam reads the database (tests/functional/albums/test_albums_service.py covers it).
     calls: list[Identity] = []
 
     def grants(identity: Identity) -> tuple[frozenset[str], frozenset[str]]:

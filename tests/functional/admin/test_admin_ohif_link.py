@@ -11,13 +11,13 @@ import pytest
 from flask import Flask
 
 from tests.fake_orthanc import FakeOrthanc
-from tests.functional.test_admin import ROOT
-from tests.functional.test_admin import extra_config as admin_config
-from tests.functional.test_admin import make_album
-from tests.functional.test_admin import mock  # noqa: F401 (fixture)
-from tests.functional.test_admin import orthanc  # noqa: F401 (fixture)
-from tests.functional.test_admin import post
-from tests.functional.test_admin import sign_in
+from tests.functional.admin.test_admin import ROOT
+from tests.functional.admin.test_admin import extra_config as admin_config
+from tests.functional.admin.test_admin import make_album
+from tests.functional.admin.test_admin import mock  # noqa: F401 (fixture)
+from tests.functional.admin.test_admin import orthanc  # noqa: F401 (fixture)
+from tests.functional.admin.test_admin import post
+from tests.functional.admin.test_admin import sign_in
 
 pytestmark = pytest.mark.functional
 
