@@ -6,72 +6,10 @@ share links and album read tokens). Views load what the rules need (the actor's 
 owner count, whether the actor can see a study…), call the policy, and act on the
 :class:`Decision`. No I/O, no Flask: a bug in a view can at worst fail closed.
 
-The rules are data: :data:`ALBUM_RULES` (album actions), :data:`GATE_RULES` (what a request
-through the nginx gate may do to Orthanc) and :data:`ACCOUNT_RULES` (API keys, share tokens,
-the roles configuration: own credentials for everyone, everything for global admins). Any
-action in none of the tables is denied.
-
-Album roles are ordered ``owner ⊃ manager ⊃ contributor ⊃ viewer``:
-
-======================  ===========  ==========================================================
-action                  least role   extra conditions (apply to global admins too, see below)
-======================  ===========  ==========================================================
-album:create            (none)       actor is authenticated
-album:view              viewer
-album:studies:list      viewer
-album:members:list      viewer
-album:leave             viewer       actor is a member; the last owner cannot leave
-album:upload            contributor
-album:study:add         contributor  the actor can already see the study
-album:upload-token:*    contributor  list/revoke others' tokens: manager
-album:study:remove      manager
-album:member:invite     manager      granting owner: owner
-album:member:remove     manager      removing an owner: owner; never the last owner
-album:member:role       manager      touching an owner or granting owner: owner; the last
-                                     owner cannot be demoted
-album:share-link:*      manager
-album:read-token:*      manager
-album:edit              owner
-album:delete            owner
-======================  ===========  ==========================================================
-
-Why the non-obvious rules:
-
-* **Non-members get a concealed denial** (``Denied.conceal``): callers answer 404, not 403, so
-  album ids cannot be probed for existence.
-* **Nobody adds a study they cannot already see.** Adding a study attaches the album's label to
-  it, which shows it to every member. Without this rule an album would be a way to read any
-  study whose id one can guess, or to leak it to others. It binds global admins too (they see
-  everything, so for them it only refuses studies that do not exist).
-* **Managers cannot make, change or remove owners.** Owners can delete the album and remove
-  anyone; if a manager could create owners, the manager role would be the owner role one step
-  removed, and a manager could lock the real owners out.
-* **The last owner cannot leave, be removed or be demoted** (also for global admins). An album
-  always has someone who can rename, delete and manage it without calling an administrator;
-  ownership is handed over by first making another owner.
-* **Contributors see and revoke only the upload tokens they issued**; managers see all. An
-  upload token is a credential for the album: the person who made it must be able to kill it,
-  and those who run the album must be able to kill any of them.
-* **Share links and album read tokens need a manager.** They give read access to people who
-  are not members, i.e. they widen the audience, which is what managers decide.
-* **Credentials follow their maker's rights** (:func:`decide_credential_backing`). Upload
-  and read tokens, share links and API keys are checked at every use against what their maker
-  may do now, by the same rule that let them be made: a removed or demoted member's tokens
-  stop, a disabled person's (``user:disable``, admins only) everything stops.
-* **Only global admins delete from Orthanc** (``gate:resource:delete``). Albums are views on a
-  shared archive; a study may sit in several albums and serve other projects. Removing it
-  from an album (``album:study:remove``) is the album-level "delete".
-
-Global admins (``Actor.is_global_admin``) may do everything the table allows any role, on any
-album, member or not, except what would break the two invariants above (last owner, visible
-study) and leaving an album they are not a member of.
-
-The gate table (:data:`GATE_RULES`) follows the plugin's permission names (protocol spec §4.5):
-album membership gives access to the album's studies by itself (viewer: read; contributor:
-upload into them; manager: modify them, if the actor also holds Orthanc's ``modify``
-permission, because a modification may replace the original); role-config labels and "all
-labels" give access only together with the matching Orthanc permission, as the plugin would.
-Server-wide listing is for admins and for actors who see every study anyway (``*`` labels).
+The rules are data: :data:`ALBUM_RULES`, :data:`GATE_RULES` and :data:`ACCOUNT_RULES`; any
+action in none of them is denied. What each rule says and why the non-obvious ones are there:
+docs/policy.md. The words and values the rules speak of (roles, actions, actors, decisions…)
+are in :mod:`authsvc.policy_values`; import them from here, which re-exports them.
 """
 
 from __future__ import annotations
@@ -80,13 +18,22 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
-from typing import ClassVar
 
 from authsvc.orthanc.routes import Capability
 from authsvc.orthanc.routes import RouteKind
 from authsvc.orthanc.routes import RouteTarget
+from authsvc.policy_values import NO_TARGET
+from authsvc.policy_values import Action
+from authsvc.policy_values import Actor
+from authsvc.policy_values import AlbumRole
+from authsvc.policy_values import Allowed
+from authsvc.policy_values import CredentialKind
+from authsvc.policy_values import Decision
+from authsvc.policy_values import Denied
+from authsvc.policy_values import Maker
+from authsvc.policy_values import Target
+from authsvc.policy_values import TokenKind
 
 __all__ = [
     "SHARE_CREATE_PERMISSIONS",
@@ -114,173 +61,6 @@ __all__ = [
     "decide_token_access",
     "gate_action",
 ]
-
-
-# --- vocabulary ------------------------------------------------------------------------------
-
-
-class AlbumRole(StrEnum):
-    """A member's role in an album, from most to least powerful.
-
-    Compare roles with :meth:`at_least` or :attr:`rank`, never with ``<``: these are strings,
-    and ``"manager" < "owner"`` is alphabetical order, not power.
-    """
-
-    OWNER = "owner"
-    MANAGER = "manager"
-    CONTRIBUTOR = "contributor"
-    VIEWER = "viewer"
-
-    @property
-    def rank(self) -> int:
-        """Return the role's power: viewer 1, contributor 2, manager 3, owner 4."""
-        return _ROLE_RANK[self]
-
-    def at_least(self, other: AlbumRole) -> bool:
-        """Return True if this role includes everything ``other`` may do."""
-        return _ROLE_RANK[self] >= _ROLE_RANK[other]
-
-
-_ROLE_RANK: Mapping[AlbumRole, int] = MappingProxyType(
-    {AlbumRole.VIEWER: 1, AlbumRole.CONTRIBUTOR: 2, AlbumRole.MANAGER: 3, AlbumRole.OWNER: 4}
-)
-
-
-class Action(StrEnum):
-    """Everything the policy decides, named ``<scope>:<subject>:<verb>``. Keep alphabetized."""
-
-    # The "noqa: S105" marks below: bandit takes "*_TOKEN_*" names for passwords.
-
-    #: The administrators' admin pages (status, audit trail): global administrators only.
-    ADMIN_PAGES_ADMINISTER = "admin:pages:administer"
-    ALBUM_CREATE = "album:create"
-    ALBUM_DELETE = "album:delete"
-    ALBUM_EDIT = "album:edit"
-    ALBUM_LEAVE = "album:leave"
-    ALBUM_MEMBERS_LIST = "album:members:list"
-    ALBUM_MEMBER_INVITE = "album:member:invite"
-    ALBUM_MEMBER_REMOVE = "album:member:remove"
-    ALBUM_MEMBER_ROLE_CHANGE = "album:member:role"
-    ALBUM_READ_TOKEN_CREATE = "album:read-token:create"  # noqa: S105
-    ALBUM_READ_TOKEN_LIST = "album:read-token:list"  # noqa: S105
-    ALBUM_READ_TOKEN_REVOKE = "album:read-token:revoke"  # noqa: S105
-    ALBUM_SHARE_LINK_CREATE = "album:share-link:create"
-    ALBUM_SHARE_LINK_LIST = "album:share-link:list"
-    ALBUM_SHARE_LINK_REVOKE = "album:share-link:revoke"
-    ALBUM_STUDIES_LIST = "album:studies:list"
-    ALBUM_STUDY_ADD = "album:study:add"
-    ALBUM_STUDY_REMOVE = "album:study:remove"
-    ALBUM_UPLOAD = "album:upload"
-    ALBUM_UPLOAD_TOKEN_CREATE = "album:upload-token:create"  # noqa: S105
-    ALBUM_UPLOAD_TOKEN_LIST = "album:upload-token:list"  # noqa: S105
-    ALBUM_UPLOAD_TOKEN_REVOKE = "album:upload-token:revoke"  # noqa: S105
-    ALBUM_VIEW = "album:view"
-    API_KEY_CREATE = "api-key:create"
-    API_KEY_CREATE_SERVICE = "api-key:create-service"
-    API_KEY_LIST = "api-key:list"
-    API_KEY_LIST_ALL = "api-key:list-all"
-    API_KEY_REVOKE = "api-key:revoke"
-    USER_DISABLE = "user:disable"
-    GATE_ADMIN = "gate:admin"
-    GATE_LIST = "gate:server:list"
-    GATE_MALFORMED = "gate:malformed"
-    GATE_RESOURCE_DELETE = "gate:resource:delete"
-    GATE_STATIC = "gate:static"
-    GATE_STUDY_MODIFY = "gate:study:modify"
-    GATE_STUDY_READ = "gate:study:read"
-    GATE_STUDY_WRITE = "gate:study:write"
-    GATE_UPLOAD = "gate:server:upload"
-    ROLES_EDIT = "roles:edit"
-    ROLES_VIEW = "roles:view"
-    SHARE_TOKEN_LIST = "share-token:list"  # noqa: S105
-    SHARE_TOKEN_LIST_ALL = "share-token:list-all"  # noqa: S105
-    SHARE_TOKEN_REVOKE = "share-token:revoke"  # noqa: S105
-
-
-class TokenKind(StrEnum):
-    """Kinds of bearer tokens that reach Orthanc (see :func:`decide_token_access`)."""
-
-    #: Viewer publications (stone/ohif/volview/…-viewer-publication): long-lived share links.
-    SHARE_LINK = "share-link"
-    #: viewer-instant-link, download-instant-link: short-lived links OE2 makes for a user.
-    INSTANT_LINK = "instant-link"
-    #: Read access to one album's studies (DICOMweb clients, scripts).
-    ALBUM_READ = "album-read"
-    #: Upload tokens: valid only on authsvc's album upload endpoint, never against Orthanc.
-    UPLOAD = "upload"
-
-
-# --- values ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who is asking, reduced to what the policy needs. ``subject`` is "" for anonymous."""
-
-    subject: str
-    is_global_admin: bool = False
-    #: Global Orthanc permissions from the role configuration ("view", "upload", "all"…).
-    permissions: frozenset[str] = frozenset()
-    #: True if the actor's authorized labels are ``*`` (every study, labelled or not).
-    sees_all_studies: bool = False
-    #: True when the caller authenticated with an API key (not a Keycloak session).
-    via_api_key: bool = False
-
-    @property
-    def is_authenticated(self) -> bool:
-        """Return True unless the actor is anonymous."""
-        return bool(self.subject)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Facts about the object of an action that some rules need; absent facts deny.
-
-    * ``owner_count``: owners the album has now (member remove/role change, leave);
-    * ``member_role``: current role of the member acted upon (member remove/role change);
-    * ``new_role``: role being granted (invite, role change);
-    * ``study_visible_to_actor``: the actor can already see the study (study add);
-    * ``study_label_access``: the actor's role-config labels cover the study (gate);
-    * ``token_issued_by_actor``: the upload token(s) concerned were issued by the actor.
-    """
-
-    owner_count: int | None = None
-    member_role: AlbumRole | None = None
-    new_role: AlbumRole | None = None
-    study_visible_to_actor: bool = False
-    study_label_access: bool = False
-    token_issued_by_actor: bool = False
-
-
-#: A target with no facts: enough for actions whose rules need none.
-NO_TARGET = Target()
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The policy's answer: truthy when allowed; ``reason`` says why (safe to log)."""
-
-    reason: str
-    allowed: ClassVar[bool] = False
-
-    def __bool__(self) -> bool:
-        """Return whether the action is allowed."""
-        return self.allowed
-
-
-@dataclass(frozen=True, slots=True)
-class Allowed(Decision):
-    """The action is allowed."""
-
-    allowed: ClassVar[bool] = True
-
-
-@dataclass(frozen=True, slots=True)
-class Denied(Decision):
-    """The action is denied. ``conceal``: answer 404 (the actor may not know the album exists)."""
-
-    allowed: ClassVar[bool] = False
-    conceal: bool = False
 
 
 # --- album rules -----------------------------------------------------------------------------
@@ -382,7 +162,7 @@ def _own_token_or_manager(
 
 _V, _C, _M, _O = AlbumRole.VIEWER, AlbumRole.CONTRIBUTOR, AlbumRole.MANAGER, AlbumRole.OWNER
 
-#: The album rule table. See the module docstring for the reasons behind the guards.
+#: The album rule table. docs/policy.md gives the reasons behind the guards.
 ALBUM_RULES: Mapping[Action, AlbumRule] = MappingProxyType(
     {
         Action.ALBUM_CREATE: AlbumRule(None, (_authenticated,)),
@@ -776,15 +556,6 @@ def decide_share_creation(
 # --- credentials follow their maker's rights ---------------------------------------------------
 
 
-class CredentialKind(StrEnum):
-    """Credentials one person makes that others then use (see :func:`decide_credential_backing`)."""
-
-    UPLOAD_TOKEN = "upload-token"  # noqa: S105
-    ALBUM_READ_TOKEN = "album-read-token"  # noqa: S105
-    SHARE_LINK = "share-link"
-    API_KEY = "api-key"
-
-
 #: The action whose rule a maker must still pass for an album credential to keep working.
 _BACKING_ACTIONS: Mapping[CredentialKind, Action] = MappingProxyType(
     {
@@ -792,27 +563,6 @@ _BACKING_ACTIONS: Mapping[CredentialKind, Action] = MappingProxyType(
         CredentialKind.ALBUM_READ_TOKEN: Action.ALBUM_READ_TOKEN_CREATE,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Maker:
-    """What authsvc knows *now* about the maker of a credential (absent facts deny).
-
-    * ``actor``: the maker as last seen (roles, admin), or a bare subject when authsvc has no
-      identity on record (no admin rights then); anonymous: the maker is unknown;
-    * ``disabled``: an admin disabled the maker in authsvc (or the service key is gone);
-    * ``album_exists`` / ``album_role``: for album credentials, the album is still there and
-      the maker's best role in it now (user, group or e-mail membership);
-    * ``permissions`` / ``studies_visible``: for share links, the maker's Orthanc permissions
-      now and whether the maker can still see every study the link names.
-    """
-
-    actor: Actor
-    disabled: bool = False
-    album_exists: bool = False
-    album_role: AlbumRole | None = None
-    permissions: frozenset[str] = frozenset()
-    studies_visible: bool = False
 
 
 def decide_credential_backing(

@@ -2,7 +2,7 @@
 (none, viewer, contributor, manager, owner) × global admin or not, then each guard on its own.
 
 The expected table below is written independently of policy.ALBUM_RULES (it restates the
-module docstring), so a change to the rules must change this file too.
+table of docs/policy.md), so a change to the rules must change this file too.
 """
 
 from __future__ import annotations
