@@ -97,26 +97,31 @@ def _study_visible(
     return None if t.study_visible_to_actor else Denied("study not visible to the actor")
 
 
+def _owner_needs_owner(
+    named: AlbumRole | None, fact: str, authority: AlbumRole, denial: str
+) -> Denied | None:
+    """Deny when the role in ``Target.<fact>`` is missing, or is owner and the actor is not."""
+    if named is None:
+        return Denied(f"target.{fact} is required")
+    if named is AlbumRole.OWNER and authority is not AlbumRole.OWNER:
+        return Denied(denial)
+    return None
+
+
 def _may_grant(
     actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
 ) -> Denied | None:
     """The role granted must be named; only owners grant ownership."""
-    if t.new_role is None:
-        return Denied("target.new_role is required")
-    if t.new_role is AlbumRole.OWNER and authority is not AlbumRole.OWNER:
-        return Denied("only owners can make owners")
-    return None
+    return _owner_needs_owner(t.new_role, "new_role", authority, "only owners can make owners")
 
 
 def _may_touch_member(
     actor: Actor, role: AlbumRole | None, authority: AlbumRole, t: Target
 ) -> Denied | None:
     """The member's current role must be named; only owners change or remove owners."""
-    if t.member_role is None:
-        return Denied("target.member_role is required")
-    if t.member_role is AlbumRole.OWNER and authority is not AlbumRole.OWNER:
-        return Denied("only owners can change or remove owners")
-    return None
+    return _owner_needs_owner(
+        t.member_role, "member_role", authority, "only owners can change or remove owners"
+    )
 
 
 def _last_owner_stays(t: Target) -> Denied | None:
