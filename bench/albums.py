@@ -42,7 +42,7 @@ from authsvc.identity import Identity  # noqa: E402
 from authsvc.identity import IdentityKind  # noqa: E402
 from authsvc.identity import authn  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
-from tests import services  # noqa: E402
+from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 
 ALBUMS = 10_000
@@ -137,7 +137,7 @@ def _vacuum(url: str) -> None:
 
 def bench_profiles(lookups: int) -> None:
     """Measure profile composition for a user in 1,000 of 10,000 albums."""
-    postgres = services.postgres_url()
+    postgres = processes.postgres_url()
     schema, url = _schema_url(postgres)
     tmp = tempfile.mkdtemp(prefix="authsvc-bench-")
     app = create_app(
@@ -187,7 +187,7 @@ def bench_profiles(lookups: int) -> None:
 def bench_listing(n_studies: int, rounds: int) -> None:
     """Measure the first page of an album of ``n_studies`` studies in the real Orthanc."""
     state = Path(tempfile.mkdtemp(prefix="authsvc-bench-orthanc-"))
-    orthanc = services.start_orthanc(state, services.free_port())
+    orthanc = processes.start_orthanc(state, processes.free_port())
     try:
         started = time.perf_counter()
         session = requests.Session()

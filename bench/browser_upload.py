@@ -51,7 +51,7 @@ from authsvc.views.album_upload import SCRIPT_BATCH_BYTES  # noqa: E402
 from authsvc.views.album_upload import SCRIPT_BATCH_FILES  # noqa: E402
 from bench.upload import InstanceFactory  # noqa: E402
 from bench.upload import peak_rss_kb  # noqa: E402
-from tests import services  # noqa: E402
+from tests import processes  # noqa: E402
 from tests.integration.conftest import CHROMIUM  # noqa: E402
 from tests.integration.conftest import CHROMIUM_ARGS  # noqa: E402
 
@@ -147,8 +147,8 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     state = Path(tempfile.mkdtemp(prefix="authsvc-bench-browser-upload-"))
-    orthanc = services.start_orthanc(state / "orthanc", services.free_port())
-    idp = services.start_idp(state / "idp", services.free_port())
+    orthanc = processes.start_orthanc(state / "orthanc", processes.free_port())
+    idp = processes.start_idp(state / "idp", processes.free_port())
     try:
         alice = idp.users["alice"]
         ring = generate_key("bench")
@@ -191,7 +191,7 @@ def main() -> None:
         env = {f"AUTHSVC_{key.upper()}": str(value) for key, value in config.items()}
         env["AUTHSVC_WORKERS"] = str(args.workers)
         env["AUTHSVC_WORKER_TIMEOUT"] = "600"
-        server = services.start_gunicorn_app(state / "gunicorn", services.free_port(), env)
+        server = processes.start_gunicorn_app(state / "gunicorn", processes.free_port(), env)
         try:
             assert server.pid is not None
             factory = InstanceFactory(args.instance_kb)

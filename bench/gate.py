@@ -53,7 +53,7 @@ from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
 from tests import deploy_kit  # noqa: E402
-from tests import services  # noqa: E402
+from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 
 INSECURE_SECRET = "insecure-bench-gate-secret-key-0123456789abcdef"
@@ -72,7 +72,7 @@ def _percentile(values: list[float], q: float) -> float:
 class Study:
     """The study the viewer session reads."""
 
-    def __init__(self, orthanc: services.OrthancService, n_instances: int) -> None:
+    def __init__(self, orthanc: processes.OrthancService, n_instances: int) -> None:
         import pydicom
 
         self.instances: list[tuple[str, str]] = []
@@ -139,7 +139,7 @@ OHIF_SESSION = ROOT / "bench" / "ohif_session.json"
 class OhifSession:
     """OHIF's recorded requests and a study of the recorded shape to replay them on."""
 
-    def __init__(self, fixture: dict[str, Any], orthanc: services.OrthancService) -> None:
+    def __init__(self, fixture: dict[str, Any], orthanc: processes.OrthancService) -> None:
         import pydicom
 
         shape = fixture["study"]
@@ -251,11 +251,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-gate-") as tmp:
         state = Path(tmp)
-        started: list[services.Service] = []
+        started: list[processes.Service] = []
         try:
-            orthanc = services.start_orthanc(state / "orthanc", services.free_port())
+            orthanc = processes.start_orthanc(state / "orthanc", processes.free_port())
             started.append(orthanc)
-            idp = services.start_idp(state / "idp", services.free_port())
+            idp = processes.start_idp(state / "idp", processes.free_port())
             started.append(idp)
             settings = {
                 "env": "testing",
@@ -282,17 +282,17 @@ def main() -> None:
                 albums.add_studies(admin, album, [study.id, *([ohif.id] if ohif else [])])
                 albums.invite_member(admin, album, "user", _subject(token), "viewer")
 
-            authsvc_port = services.free_port()
+            authsvc_port = processes.free_port()
             env = {f"AUTHSVC_{k.upper()}": v for k, v in settings.items()}
             env["AUTHSVC_WORKERS"] = str(args.workers)
             env["AUTHSVC_THREADS"] = str(args.threads)
-            gunicorn = services.start_gunicorn_app(state / "authsvc", authsvc_port, env)
+            gunicorn = processes.start_gunicorn_app(state / "authsvc", authsvc_port, env)
             started.append(gunicorn)
-            plain = services.start_nginx(
-                state / "nginx-plain", services.free_port(), upstreams={"orthanc": orthanc.port}
+            plain = processes.start_nginx(
+                state / "nginx-plain", processes.free_port(), upstreams={"orthanc": orthanc.port}
             )
             started.append(plain)
-            gate_port = services.free_port()
+            gate_port = processes.free_port()
             gated = deploy_kit.start_nginx_templates(
                 state / "nginx-gate",
                 gate_port,

@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gate import FRAME_ACCEPT  # noqa: E402
 from bench.gate import Study  # noqa: E402
 from bench.gate import _percentile  # noqa: E402
-from tests import services  # noqa: E402
+from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 from tests.plugin_client import basic  # noqa: E402
 from tests.plugin_client import chunked  # noqa: E402
@@ -123,15 +123,15 @@ def serve_noop(port: int) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             """No access log: B must be as cheap as possible."""
 
-    with ThreadingHTTPServer((services.LOOPBACK, port), Handler) as server:
+    with ThreadingHTTPServer((processes.LOOPBACK, port), Handler) as server:
         server.serve_forever()
 
 
-def start_noop(state: Path) -> services.Service:
+def start_noop(state: Path) -> processes.Service:
     """Run :func:`serve_noop` as a child process (its own interpreter, as authsvc has)."""
-    port = services.free_port()
+    port = processes.free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--noop-server", str(port)]
-    return services.Service(
+    return processes.Service(
         "noop", argv, port, state / "noop.log", ready_path="/counts", cwd=ROOT
     ).start()
 
@@ -139,7 +139,7 @@ def start_noop(state: Path) -> services.Service:
 class Counter:
     """Callbacks a service received so far, by path."""
 
-    def __init__(self, service: services.Service, *, access_log: bool) -> None:
+    def __init__(self, service: processes.Service, *, access_log: bool) -> None:
         self.service = service
         self.access_log = access_log
 
@@ -155,7 +155,7 @@ class Counter:
 ACCESS_LINE = re.compile(r'"POST (/[a-z/-]+)" (\d{3}) \S+ (\d+)ms')
 
 
-def callback_log(service: services.Service) -> list[tuple[str, int]]:
+def callback_log(service: processes.Service) -> list[tuple[str, int]]:
     """Return (path, ms) of every plugin callback in gunicorn's access log."""
     text = service.log_path.read_text(errors="replace")
     return [(m[1], int(m[3])) for m in ACCESS_LINE.finditer(text) if m[1] in CALLBACKS]
@@ -260,7 +260,7 @@ def profile_callback_ms(port: int, token: str) -> float:
     )
     payload = head.encode() + chunked(body.encode(), 64)
     start = time.perf_counter()
-    with socket.create_connection((services.LOOPBACK, port), timeout=10) as sock:
+    with socket.create_connection((processes.LOOPBACK, port), timeout=10) as sock:
         sock.sendall(payload)
         response = b""
         while chunk := sock.recv(65536):
@@ -297,9 +297,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-plugin-") as tmp:
         state = Path(tmp)
-        started: list[services.Service] = []
+        started: list[processes.Service] = []
         try:
-            idp = services.start_idp(state / "idp", services.free_port())
+            idp = processes.start_idp(state / "idp", processes.free_port())
             started.append(idp)
             noop = start_noop(state)
             started.append(noop)
@@ -326,18 +326,18 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            authsvc = services.start_gunicorn_app(state / "authsvc", services.free_port(), env)
+            authsvc = processes.start_gunicorn_app(state / "authsvc", processes.free_port(), env)
             started.append(authsvc)
 
             def plugin_config(url: str) -> dict[str, Any]:
-                return services.authorization_section(url, PLUGIN_USER, PLUGIN_PASSWORD)
+                return processes.authorization_section(url, PLUGIN_USER, PLUGIN_PASSWORD)
 
-            orthanc_a = services.start_orthanc(
-                state / "orthanc-a", services.free_port(), authorization=plugin_config(authsvc.url)
+            orthanc_a = processes.start_orthanc(
+                state / "orthanc-a", processes.free_port(), authorization=plugin_config(authsvc.url)
             )
             started.append(orthanc_a)
-            orthanc_b = services.start_orthanc(
-                state / "orthanc-b", services.free_port(), authorization=plugin_config(noop.url)
+            orthanc_b = processes.start_orthanc(
+                state / "orthanc-b", processes.free_port(), authorization=plugin_config(noop.url)
             )
             started.append(orthanc_b)
 

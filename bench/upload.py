@@ -45,7 +45,7 @@ from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
-from tests import services  # noqa: E402
+from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 
 INSECURE_SECRET = "insecure-bench-upload-secret-key-0123456789abcdef"
@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="authsvc-bench-upload-"))
-    orthanc = services.start_orthanc(state / "orthanc", services.free_port())
+    orthanc = processes.start_orthanc(state / "orthanc", processes.free_port())
     try:
         database = f"sqlite:///{state / 'authsvc.sqlite3'}"
         ring = generate_key("bench")
@@ -214,7 +214,7 @@ def main() -> None:
         env = {f"AUTHSVC_{key.upper()}": str(value) for key, value in config.items()}
         env["AUTHSVC_WORKERS"] = str(args.workers)
         env["AUTHSVC_WORKER_TIMEOUT"] = "3600"
-        server = services.start_gunicorn_app(state / "gunicorn", services.free_port(), env)
+        server = processes.start_gunicorn_app(state / "gunicorn", processes.free_port(), env)
         try:
             factory = InstanceFactory(args.instance_kb)
             direct_url = f"{orthanc.url}/dicom-web/studies"

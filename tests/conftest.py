@@ -41,7 +41,7 @@ def postgres_url() -> str:
     """A reachable PostgreSQL server (the CI's, the developer's, or a private cluster)."""
     if os.environ.get("AUTHSVC_TEST_DATABASE_URL"):
         return os.environ["AUTHSVC_TEST_DATABASE_URL"]
-    from tests.services import postgres_url as find_postgres
+    from tests.processes import postgres_url as find_postgres
 
     return find_postgres()
 

@@ -17,9 +17,9 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests import services
+from tests import processes
 
-NGINX_DIR = services.REPO_ROOT / "nginx"
+NGINX_DIR = processes.REPO_ROOT / "nginx"
 # Upper-case names only: nginx's own variables ($host, $request_uri...) are lower case, and
 # the nginx image's envsubst only replaces variables that are defined, i.e. ours.
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -62,12 +62,12 @@ JS_MODULE = "ngx_http_js_module.so"
 def js_module() -> Path:
     """Return nginx's njs module (Debian: libnginx-mod-http-js; scripts/testenv installs it)."""
     version = subprocess.run(
-        [services._nginx_binary(), "-V"], capture_output=True, text=True, check=False
+        [processes._nginx_binary(), "-V"], capture_output=True, text=True, check=False
     ).stderr
     found = re.search(r"--modules-path=(\S+)", version)
     module = Path(found.group(1) if found else "/usr/lib/nginx/modules") / JS_MODULE
     if not module.exists():
-        raise services.ServiceError(f"{module} is missing: run scripts/testenv/setup.sh")
+        raise processes.ServiceError(f"{module} is missing: run scripts/testenv/setup.sh")
     return module
 
 
@@ -120,7 +120,7 @@ def write_config(state_dir: Path, templates: Mapping[str, Mapping[str, str]]) ->
 
 def nginx_argv(state_dir: Path, config: Path) -> list[str]:
     """Return the command that runs a private nginx on config (add ``-t`` to only check it)."""
-    nginx = services._nginx_binary()
+    nginx = processes._nginx_binary()
     # -e: without it nginx opens /var/log/nginx/error.log before reading our config.
     return [nginx, "-p", str(state_dir.resolve()), "-c", str(config.resolve()), "-e", "stderr"]
 
@@ -133,7 +133,7 @@ def check(state_dir: Path, templates: Mapping[str, Mapping[str, str]]) -> str:
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        raise services.ServiceError(f"nginx -t failed on {list(templates)}:\n{output}")
+        raise processes.ServiceError(f"nginx -t failed on {list(templates)}:\n{output}")
     return output
 
 
@@ -143,7 +143,7 @@ def start_nginx_templates(
     templates: Mapping[str, Mapping[str, str]],
     *,
     ready_path: str | None = None,
-) -> services.NginxService:
+) -> processes.NginxService:
     """Start a private nginx on the rendered templates; ``port`` is the one to wait for.
 
     Example, the gate in front of a test Orthanc and authsvc::
@@ -156,7 +156,7 @@ def start_nginx_templates(
     ``ready_path`` None waits for a TCP accept (a TLS listener answers no plain HTTP).
     """
     config = write_config(state_dir, templates)
-    service = services.NginxService(
+    service = processes.NginxService(
         "nginx", nginx_argv(state_dir, config), port, state_dir / "nginx.log", ready_path=ready_path
     )
     service.config_path = config

@@ -63,7 +63,7 @@ apt_install() {
 
 # --- the real Advanced Authorization plugin (AGPL, loaded as is, never copied into the repo).
 # No Debian suite packages it: take $AUTHSVC_TEST_AUTHZ_PLUGIN, else the build shared next to
-# the checkout, and keep a copy beside the Orthanc tree (tests/services.py looks there last), so
+# the checkout, and keep a copy beside the Orthanc tree (tests/processes.py looks there last), so
 # a later run from a checkout elsewhere still has it.
 testenv=${AUTHSVC_TESTENV:-$HOME/.cache/authsvc}
 repo=$(cd "$here/../.." && pwd)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.deploy import files
 
 
@@ -116,7 +116,7 @@ def stub_authsvc() -> Iterator[StubAuthsvc]:
     """A stand-in for authsvc's HTTP edge on a loopback port, in a thread of the test run."""
     stub = StubAuthsvc(port=0)
     handler = type("Handler", (_Handler,), {"stub": stub})
-    server = ThreadingHTTPServer((services.LOOPBACK, 0), handler)
+    server = ThreadingHTTPServer((processes.LOOPBACK, 0), handler)
     stub.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -129,14 +129,14 @@ def stub_authsvc() -> Iterator[StubAuthsvc]:
 
 
 def _dicomweb_plugin() -> Path:
-    tree = services.testenv_home() / "orthanc" / "root"
+    tree = processes.testenv_home() / "orthanc" / "root"
     dicomweb = tree / "usr" / "share" / "orthanc" / "plugins" / "libOrthancDicomWeb.so"
     if not dicomweb.exists():
-        raise services.ServiceError(f"Orthanc DICOMweb plugin missing; {services.SETUP_HINT}")
+        raise processes.ServiceError(f"Orthanc DICOMweb plugin missing; {processes.SETUP_HINT}")
     return dicomweb
 
 
-class KitOrthanc(services.Service):
+class KitOrthanc(processes.Service):
     """Orthanc started on a copy of config/orthanc/ (see :func:`start_kit_orthanc`)."""
 
     config_dir: Path
@@ -168,7 +168,7 @@ def start_kit_orthanc(
     is exactly what Orthanc does with sections of plugins it has not loaded (the index is
     SQLite instead).
     """
-    port = services.free_port()
+    port = processes.free_port()
     config_dir = state_dir / f"{name}-config"
     storage = state_dir / f"{name}-storage"
     config_dir.mkdir(parents=True)
@@ -189,12 +189,12 @@ def start_kit_orthanc(
         compose_url = '"WebServiceRootUrl": "http://authsvc:8000/"'
         assert compose_url in variant, f"{variant_file} no longer contains {compose_url}"
         variant = variant.replace(compose_url, f'"WebServiceRootUrl": "{authsvc_url}"')
-        plugins.append(str(services.authorization_plugin_path()))
+        plugins.append(str(processes.authorization_plugin_path()))
     (config_dir / Path(variant_file).name).write_text(variant)
     (config_dir / "zz-testenv.json").write_text(
         json.dumps({"Plugins": plugins, "Locale": "C.UTF-8"})
     )
-    launcher = str(services.TESTENV_DIR / "orthanc.sh")
+    launcher = str(processes.TESTENV_DIR / "orthanc.sh")
     service = KitOrthanc(
         name,
         [launcher, str(config_dir)],
@@ -248,7 +248,7 @@ def gate_orthanc(kit_state: Path, dotenv: dict[str, str]) -> Iterator[KitOrthanc
 
 
 @pytest.fixture(scope="session")
-def kit_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.IdpService]:
+def kit_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.IdpService]:
     """The test IdP serving the kit's realm (placeholders filled as Keycloak's import would)."""
     realm = files.realm_for_test_idp(
         {
@@ -258,6 +258,6 @@ def kit_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.IdpSe
         }
     )
     state: Path = tmp_path_factory.mktemp("kit-idp")
-    service = services.start_idp(state, services.free_port(), realm_overrides=realm)
+    service = processes.start_idp(state, processes.free_port(), realm_overrides=realm)
     yield service
     service.stop()

@@ -21,7 +21,7 @@ import yaml
 from authsvc.identity.roles import RolesConfig
 from authsvc.identity.roles import load_permissions_file
 from authsvc.identity.roles import loads_jsonc
-from tests.services import REPO_ROOT
+from tests.processes import REPO_ROOT
 
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.gate.yml")
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

@@ -19,7 +19,7 @@ import pytest
 from authsvc import config
 from tests import deploy_kit
 from tests.deploy import files
-from tests.services import REPO_ROOT
+from tests.processes import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ import pytest
 
 from authsvc import config
 from authsvc.cli import main
-from tests.services import REPO_ROOT
+from tests.processes import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -26,7 +26,7 @@ from authsvc.orthanc.routes import Capability
 from authsvc.orthanc.routes import RouteFamily
 from authsvc.orthanc.routes import classify
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc
 from tests.deploy.conftest import Seen
@@ -78,7 +78,7 @@ def test_rendered_templates_pass_nginx_t(
     tmp_path: Path,
 ) -> None:
     """Each combination the compose files (or the tests) render is a valid nginx config."""
-    ports = [services.free_port() for _ in range(5)]
+    ports = [processes.free_port() for _ in range(5)]
     values: dict[str, dict[str, str]] = {}
     for name in combination:
         if name == "tls.conf.template":
@@ -120,7 +120,7 @@ def test_image_main_config_loads_njs_and_passes_nginx_t(tmp_path: Path) -> None:
     env = files.service_environment(nginx)
     assert mounts["/etc/nginx/nginx.conf"] == deploy_kit.NGINX_DIR / "nginx.conf"
     assert mounts[env["GATE_NJS"]] == deploy_kit.NGINX_DIR / "authsvc_gate.js"
-    ports = [services.free_port() for _ in range(4)]
+    ports = [processes.free_port() for _ in range(4)]
     gate_values = {**_upstreams(*ports[1:]), "GATE_LISTEN": f"127.0.0.1:{ports[0]}"}
     conf_d = tmp_path / "conf.d"
     conf_d.mkdir()
@@ -156,7 +156,7 @@ def test_nginx_t_catches_a_broken_template(tmp_path: Path) -> None:
     """The check can fail: an upstream that is not host:port is refused by nginx -t."""
     values = {**_upstreams(1, 2, 3), "GATE_LISTEN": "127.0.0.1:9"}
     values["ORTHANC_UPSTREAM"] = "127.0.0.1:notaport"
-    with pytest.raises(services.ServiceError, match="nginx -t failed"):
+    with pytest.raises(processes.ServiceError, match="nginx -t failed"):
         deploy_kit.check(tmp_path, {"gate.conf.template": values})
 
 
@@ -176,11 +176,11 @@ def test_templates_document_their_placeholders() -> None:
 @pytest.fixture(scope="module")
 def gate(
     kit_state: Path, stub_authsvc: StubAuthsvc, gate_orthanc: KitOrthanc
-) -> Iterator[services.NginxService]:
+) -> Iterator[processes.NginxService]:
     """nginx/gate.conf.template in front of the gate Orthanc and the authsvc stand-in."""
-    port = services.free_port()
+    port = processes.free_port()
     values = {
-        **_upstreams(stub_authsvc.port, gate_orthanc.port, services.free_port()),
+        **_upstreams(stub_authsvc.port, gate_orthanc.port, processes.free_port()),
         "GATE_LISTEN": f"127.0.0.1:{port}",
     }
     service = deploy_kit.start_nginx_templates(
@@ -197,7 +197,7 @@ def _last_gate_call(stub: StubAuthsvc) -> Seen:
 
 
 def test_gate_asks_authsvc_with_method_uri_and_credentials(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """GET /gate/auth gets X-Original-Method/-URI (query kept) and every credential header."""
     headers = {"Authorization": "Bearer allow", "api-key": "k-1", "token": "t-1"}
@@ -214,7 +214,7 @@ def test_gate_asks_authsvc_with_method_uri_and_credentials(
 
 
 def test_gate_sends_no_body_to_authsvc_and_streams_uploads_to_orthanc(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """An upload is decided on method and URI alone; the body goes to Orthanc only."""
     instance = make_study(n_instances=1)[0]
@@ -235,7 +235,7 @@ def test_gate_sends_no_body_to_authsvc_and_streams_uploads_to_orthanc(
 @pytest.mark.parametrize(
     ("authorization", "status"), [("Bearer deny", 403), ("", 401), ("Bearer other", 401)]
 )
-def test_gate_obeys_denials(gate: services.NginxService, authorization: str, status: int) -> None:
+def test_gate_obeys_denials(gate: processes.NginxService, authorization: str, status: int) -> None:
     """403 and 401 from authsvc reach the client; a 401 keeps authsvc's challenge."""
     headers = {"Authorization": authorization} if authorization else {}
     answer = requests.delete(f"{gate.url}/studies/anything", headers=headers, timeout=10)
@@ -255,7 +255,7 @@ def test_gate_obeys_denials(gate: services.NginxService, authorization: str, sta
     ],
 )
 def test_gate_routes_authsvc_paths_to_authsvc(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc, path: str
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc, path: str
 ) -> None:
     """Album DICOMweb, the JSON API and the admin pages go to authsvc, without a gate call."""
     before = len(stub_authsvc.requests_to("/gate/auth"))
@@ -268,7 +268,7 @@ def test_gate_routes_authsvc_paths_to_authsvc(
 
 
 def test_gate_decision_point_is_not_reachable_from_outside(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """/gate/auth from a client is a 404 from nginx; authsvc never sees it."""
     before = len(stub_authsvc.seen)
@@ -278,7 +278,7 @@ def test_gate_decision_point_is_not_reachable_from_outside(
 
 
 def test_gate_dicomweb_urls_point_back_through_nginx(
-    gate: services.NginxService, gate_orthanc: KitOrthanc
+    gate: processes.NginxService, gate_orthanc: KitOrthanc
 ) -> None:
     """QIDO through the gate gives RetrieveURLs on nginx's host:port, at the site root."""
     instance = make_study(n_instances=1)
@@ -300,8 +300,8 @@ def test_gate_fails_closed_with_503_when_authsvc_is_down(
     kit_state: Path, gate_orthanc: KitOrthanc
 ) -> None:
     """No authsvc: nginx answers 503 with a JSON reason, and Orthanc is never reached."""
-    port = services.free_port()
-    dead = services.free_port()  # nothing listens there
+    port = processes.free_port()
+    dead = processes.free_port()  # nothing listens there
     values = {**_upstreams(dead, gate_orthanc.port, dead), "GATE_LISTEN": f"127.0.0.1:{port}"}
     nginx = deploy_kit.start_nginx_templates(
         kit_state / "nginx-gate-down", port, {"gate.conf.template": values}, ready_path="/gate/"
@@ -329,9 +329,9 @@ def test_gate_keeps_authsvc_credentials_from_orthanc(
 ) -> None:
     """authsvc gets every credential; the Orthanc behind the gate gets none of them (HTTP Basic
     alone would pass, by the template's map). The stand-in plays both authsvc and Orthanc."""
-    port = services.free_port()
+    port = processes.free_port()
     values = {
-        **_upstreams(stub_authsvc.port, stub_authsvc.port, services.free_port()),
+        **_upstreams(stub_authsvc.port, stub_authsvc.port, processes.free_port()),
         "GATE_LISTEN": f"127.0.0.1:{port}",
     }
     nginx = deploy_kit.start_nginx_templates(
@@ -370,7 +370,7 @@ def test_templates_log_errors_at_crit_only() -> None:
 
 
 def test_gate_access_log_never_holds_query_strings(
-    gate: services.NginxService,
+    gate: processes.NginxService,
 ) -> None:
     """Tokens travel in ?token=...; the access log records the path only."""
     secret = "sekret-token-value-4711"
@@ -441,7 +441,7 @@ def _gate_calls(stub: StubAuthsvc, authorization: str) -> list[Seen]:
 
 def _raw_get(port: int, uri: str, headers: dict[str, str]) -> int:
     """Send ``GET uri`` exactly as written; return the status."""
-    connection = http.client.HTTPConnection(services.LOOPBACK, port, timeout=10)
+    connection = http.client.HTTPConnection(processes.LOOPBACK, port, timeout=10)
     try:
         connection.request("GET", uri, headers=headers)
         return connection.getresponse().status
@@ -464,7 +464,7 @@ def test_grouped_reads_are_what_authsvc_decides_on_the_study_alone() -> None:
 
 
 def test_gate_reuses_a_yes_for_the_reads_of_one_study(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """One decision per (credentials, method, study) while authsvc's TTL runs."""
     bearer = _fresh(60)
@@ -494,7 +494,7 @@ def test_gate_reuses_a_yes_for_the_reads_of_one_study(
 
 
 def test_gate_asks_about_every_odd_shape_under_a_cached_study(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """Dot segments, escapes, case variants, extra arguments: never served from the cache."""
     bearer = _fresh(60)
@@ -509,7 +509,7 @@ def test_gate_asks_about_every_odd_shape_under_a_cached_study(
 
 
 def test_gate_never_reuses_a_no_nor_a_zero_ttl_yes(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     for authorization in ("Bearer deny", _fresh(0)):
         before = len(_gate_calls(stub_authsvc, authorization))
@@ -521,7 +521,7 @@ def test_gate_never_reuses_a_no_nor_a_zero_ttl_yes(
 
 
 def test_gate_asks_again_when_the_ttl_is_over(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     bearer = _fresh(1)
     requests.get(f"{gate.url}{_S}", headers={"Authorization": bearer}, timeout=10)
@@ -533,7 +533,7 @@ def test_gate_asks_again_when_the_ttl_is_over(
 
 
 def test_gate_cache_holds_no_credential(
-    gate: services.NginxService, stub_authsvc: StubAuthsvc
+    gate: processes.NginxService, stub_authsvc: StubAuthsvc
 ) -> None:
     """Entries are keyed by a SHA-256 digest: no token, key or URI query is written to disk."""
     bearer = _fresh(60)
@@ -556,15 +556,15 @@ def test_gate_cache_holds_no_credential(
 
 def _plugin_proxy(
     state: Path, stub: StubAuthsvc, orthanc: KitOrthanc, tls_files: TlsFiles, auth_request: str
-) -> services.NginxService:
-    https, http = services.free_port(), services.free_port()
+) -> processes.NginxService:
+    https, http = processes.free_port(), processes.free_port()
     service = deploy_kit.start_nginx_templates(
         state,
         https,
         {
             "tls.conf.template": _tls(tls_files, http, https),
             "plugin.conf.template": {
-                **_upstreams(stub.port, orthanc.port, services.free_port()),
+                **_upstreams(stub.port, orthanc.port, processes.free_port()),
                 "HTTPS_LISTEN": f"127.0.0.1:{https}",
                 "ORTHANC_AUTH_REQUEST": auth_request,
             },
@@ -577,7 +577,7 @@ def _plugin_proxy(
 @pytest.fixture(scope="module")
 def plugin_proxy(
     kit_state: Path, stub_authsvc: StubAuthsvc, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
-) -> Iterator[services.NginxService]:
+) -> Iterator[processes.NginxService]:
     """tls.conf.template + plugin.conf.template in front of the plugin stack's Orthanc."""
     service = _plugin_proxy(
         kit_state / "nginx-plugin", stub_authsvc, plugin_orthanc, tls_files, "off"
@@ -589,7 +589,7 @@ def plugin_proxy(
 @pytest.fixture(scope="module")
 def plugin_and_gate(
     kit_state: Path, stub_authsvc: StubAuthsvc, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
-) -> Iterator[services.NginxService]:
+) -> Iterator[processes.NginxService]:
     """The same, with ORTHANC_AUTH_REQUEST=/_authsvc_gate: the gate also decides /orthanc/."""
     service = _plugin_proxy(
         kit_state / "nginx-plugin-gate", stub_authsvc, plugin_orthanc, tls_files, "/_authsvc_gate"
@@ -598,12 +598,12 @@ def plugin_and_gate(
     service.stop()
 
 
-def _https(proxy: services.NginxService) -> str:
+def _https(proxy: processes.NginxService) -> str:
     return f"https://127.0.0.1:{proxy.port}"
 
 
 def test_plugin_proxy_redirects_plain_http_to_the_public_url(
-    plugin_proxy: services.NginxService,
+    plugin_proxy: processes.NginxService,
 ) -> None:
     """Port 80 only sends browsers to HTTPS, keeping the path and query."""
     http_port = plugin_proxy.http_port  # type: ignore[attr-defined]
@@ -615,7 +615,7 @@ def test_plugin_proxy_redirects_plain_http_to_the_public_url(
 
 
 def test_plugin_proxy_serves_dicomweb_urls_with_prefix_scheme_and_port(
-    plugin_proxy: services.NginxService, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
+    plugin_proxy: processes.NginxService, plugin_orthanc: KitOrthanc, tls_files: TlsFiles
 ) -> None:
     """Behind /orthanc/ and TLS, RetrieveURL is https://<nginx host:port>/orthanc/dicom-web/..."""
     instance = make_study(n_instances=1)[0]
@@ -640,7 +640,7 @@ def test_plugin_proxy_serves_dicomweb_urls_with_prefix_scheme_and_port(
     ["/user/get-profile", "/tokens/validate", "/tokens/decode", "/settings/roles", "/gate/auth"],
 )
 def test_plugin_proxy_never_exposes_plugin_callbacks(
-    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
+    plugin_proxy: processes.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
 ) -> None:
     """Only Orthanc calls authsvc's plugin callbacks; from outside they do not exist."""
     before = len(stub_authsvc.seen)
@@ -655,7 +655,7 @@ def test_plugin_proxy_never_exposes_plugin_callbacks(
     "path", ["/api/albums", "/admin", "/dicom-web/albums/a1/studies", "/static/admin.css"]
 )
 def test_plugin_proxy_routes_authsvc_paths_with_forwarded_headers(
-    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
+    plugin_proxy: processes.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles, path: str
 ) -> None:
     """authsvc gets its paths with the public scheme and host, and no client-made prefix."""
     answer = requests.get(
@@ -673,7 +673,7 @@ def test_plugin_proxy_routes_authsvc_paths_with_forwarded_headers(
 
 
 def test_plugin_proxy_without_the_gate_never_asks_it(
-    plugin_proxy: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
+    plugin_proxy: processes.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
 ) -> None:
     """ORTHANC_AUTH_REQUEST=off: Orthanc's plugin alone decides; nginx asks authsvc nothing."""
     before = len(stub_authsvc.requests_to("/gate/auth"))
@@ -691,7 +691,7 @@ def test_plugin_proxy_without_the_gate_never_asks_it(
     ("authorization", "status"), [("Bearer allow", 200), ("Bearer deny", 403), ("", 401)]
 )
 def test_plugin_and_gate_asks_the_gate_with_the_orthanc_uri(
-    plugin_and_gate: services.NginxService,
+    plugin_and_gate: processes.NginxService,
     stub_authsvc: StubAuthsvc,
     tls_files: TlsFiles,
     authorization: str,
@@ -715,7 +715,7 @@ def test_plugin_and_gate_asks_the_gate_with_the_orthanc_uri(
 
 
 def test_plugin_and_gate_reuses_a_yes_per_study_of_the_orthanc_uri(
-    plugin_and_gate: services.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
+    plugin_and_gate: processes.NginxService, stub_authsvc: StubAuthsvc, tls_files: TlsFiles
 ) -> None:
     """The decision cache keys on the URI without /orthanc, so frames share their study's yes."""
     bearer = _fresh(60)

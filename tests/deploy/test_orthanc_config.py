@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from authsvc.identity.roles import loads_jsonc
-from tests import services
+from tests import processes
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc
 from tests.dicom_factory import make_study
@@ -69,7 +69,7 @@ def test_orthanc_refuses_a_section_defined_twice(gate_orthanc: KitOrthanc) -> No
     # Proven on the real binary rather than assumed: add a second HttpPort and start again.
     (gate_orthanc.config_dir / "duplicate.json").write_text('{"HttpPort": 1}')
     try:
-        with pytest.raises(services.ServiceError, match="exited"):
+        with pytest.raises(processes.ServiceError, match="exited"):
             gate_orthanc.restart()
         assert "defined in 2 different configuration files" in gate_orthanc.log_tail(80)
     finally:
@@ -102,7 +102,7 @@ def test_core_options_are_spelt_as_orthanc_spells_them(tmp_path: Path) -> None:
     """
     default_path = tmp_path / "default.json"
     result = subprocess.run(
-        [str(services.TESTENV_DIR / "orthanc.sh"), f"--config={default_path}"],
+        [str(processes.TESTENV_DIR / "orthanc.sh"), f"--config={default_path}"],
         capture_output=True,
         text=True,
         check=False,

@@ -17,7 +17,7 @@ import requests
 
 from authsvc.identity import claims_to_identity
 from authsvc.identity.roles import compose_profile
-from tests import services
+from tests import processes
 from tests.deploy import files
 from tests.deploy.test_names import EXPECTED_PROFILES
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("client_id", ["orthanc", "authsvc"])
 @pytest.mark.parametrize("username", sorted(EXPECTED_PROFILES))
 def test_demo_tokens_carry_what_authsvc_reads(
-    kit_idp: services.IdpService, username: str, client_id: str
+    kit_idp: processes.IdpService, username: str, client_id: str
 ) -> None:
     """Each demo account's token from each login client: audience, groups, roles, profile."""
     response = kit_idp.password_token(username, client_id=client_id, scope="openid")
@@ -55,7 +55,7 @@ def _unverified_claims(token: str) -> dict[str, Any]:
     return data
 
 
-def test_wrong_password_is_refused(kit_idp: services.IdpService) -> None:
+def test_wrong_password_is_refused(kit_idp: processes.IdpService) -> None:
     """The demo password comes from .env: anything else is refused."""
     answer = requests.post(
         kit_idp.token_url,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests import services
+from tests import processes
 from tests.deploy import files
 from tests.deploy.conftest import KitOrthanc
 from tests.deploy.conftest import start_kit_orthanc
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack_port() -> int:
     """authsvc's loopback port, chosen first: the stack's Orthanc must know where to call."""
-    return services.free_port()
+    return processes.free_port()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def stack_orthanc(kit_state: Path, dotenv: dict[str, str], stack_port: int) -> I
 def stack_env(
     kit_state: Path,
     dotenv: dict[str, str],
-    kit_idp: services.IdpService,
+    kit_idp: processes.IdpService,
     stack_orthanc: KitOrthanc,
 ) -> dict[str, str]:
     """authsvc's environment from docker-compose.yml, neighbours moved to loopback."""
@@ -88,17 +88,17 @@ def _authsvc_command(command: str, env: dict[str, str]) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def stack_authsvc(
     kit_state: Path, stack_env: dict[str, str], stack_port: int
-) -> Iterator[services.Service]:
+) -> Iterator[processes.Service]:
     """`authsvc init-db` (the authsvc-init job), then `authsvc` under gunicorn."""
     init = _authsvc_command("init-db", stack_env)
     assert init.returncode == 0, init.stdout + init.stderr
-    service = services.start_gunicorn_app(kit_state / "stack-authsvc-run", stack_port, stack_env)
+    service = processes.start_gunicorn_app(kit_state / "stack-authsvc-run", stack_port, stack_env)
     yield service
     service.stop()
 
 
 def _profile(
-    authsvc: services.Service, dotenv: dict[str, str], token: str, *, password: str | None = None
+    authsvc: processes.Service, dotenv: dict[str, str], token: str, *, password: str | None = None
 ) -> requests.Response:
     credentials = (
         dotenv["AUTHSVC_PLUGIN_USERNAME"],
@@ -112,14 +112,14 @@ def _profile(
     )
 
 
-def test_stack_authsvc_is_ready(stack_authsvc: services.Service) -> None:
+def test_stack_authsvc_is_ready(stack_authsvc: processes.Service) -> None:
     """/readyz: the database, the stack's Orthanc (through its plugin) and the IdP."""
     answer = requests.get(f"{stack_authsvc.url}/readyz", timeout=10)
     assert answer.status_code == 200, answer.text
 
 
 def test_authsvc_writes_labels_through_the_plugin_with_its_service_key(
-    stack_authsvc: services.Service, stack_orthanc: KitOrthanc, stack_env: dict[str, str]
+    stack_authsvc: processes.Service, stack_orthanc: KitOrthanc, stack_env: dict[str, str]
 ) -> None:
     """The kit's wiring end to end: key in .env, header in TokenHttpHeaders, profile answered."""
     check = _authsvc_command("check-orthanc", stack_env)
@@ -134,8 +134,8 @@ def test_authsvc_writes_labels_through_the_plugin_with_its_service_key(
 
 @pytest.mark.parametrize("username", sorted(EXPECTED_PROFILES))
 def test_plugin_profile_of_each_demo_account(
-    stack_authsvc: services.Service,
-    kit_idp: services.IdpService,
+    stack_authsvc: processes.Service,
+    kit_idp: processes.IdpService,
     dotenv: dict[str, str],
     username: str,
 ) -> None:
@@ -151,14 +151,14 @@ def test_plugin_profile_of_each_demo_account(
 
 
 def test_plugin_callbacks_refuse_other_credentials(
-    stack_authsvc: services.Service, kit_idp: services.IdpService, dotenv: dict[str, str]
+    stack_authsvc: processes.Service, kit_idp: processes.IdpService, dotenv: dict[str, str]
 ) -> None:
     """The plugin's password from .env is the only way in."""
     token = kit_idp.password_token("demo-admin", client_id="orthanc")["access_token"]
     assert _profile(stack_authsvc, dotenv, token, password="wrong").status_code == 401
 
 
-def test_roles_file_was_imported(stack_authsvc: services.Service, dotenv: dict[str, str]) -> None:
+def test_roles_file_was_imported(stack_authsvc: processes.Service, dotenv: dict[str, str]) -> None:
     """GET /settings/roles answers the kit's roles file (imported on first start)."""
     answer = requests.get(
         f"{stack_authsvc.url}/settings/roles",

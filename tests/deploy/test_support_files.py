@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 from authsvc.credentials.sealing import KeyRing
-from tests import services
+from tests import processes
 from tests.deploy import files
 
-MAKE_ENV = services.REPO_ROOT / "scripts" / "deploy" / "make-env.py"
-INIT_SCRIPT = services.REPO_ROOT / "config" / "postgres" / "init-databases.sh"
+MAKE_ENV = processes.REPO_ROOT / "scripts" / "deploy" / "make-env.py"
+INIT_SCRIPT = processes.REPO_ROOT / "config" / "postgres" / "init-databases.sh"
 
 
 def _run_make_env(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,14 +70,14 @@ def test_make_env_never_overwrites_secrets_in_use(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_postgres_init_script_creates_one_database_per_service(tmp_path: Path) -> None:
     """On a fresh cluster the script makes authsvc, orthanc and keycloak, each its own owner."""
-    cluster = services.start_private_postgres(tmp_path)
+    cluster = processes.start_private_postgres(tmp_path)
     try:
-        bindir = services._postgres_bindir()
+        bindir = processes._postgres_bindir()
         # A quote in a password must not break (or inject into) the SQL.
         env = {
             **os.environ,
             "PATH": f"{bindir}:{os.environ['PATH']}",
-            "PGHOST": services.LOOPBACK,
+            "PGHOST": processes.LOOPBACK,
             "PGPORT": str(cluster.port),
             "POSTGRES_USER": "postgres",
             "AUTHSVC_DB_PASSWORD": "a'; DROP ROLE postgres; --",
@@ -88,7 +88,7 @@ def test_postgres_init_script_creates_one_database_per_service(tmp_path: Path) -
             ["bash", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        admin = f"postgresql://postgres@{services.LOOPBACK}:{cluster.port}/postgres"
+        admin = f"postgresql://postgres@{processes.LOOPBACK}:{cluster.port}/postgres"
         with psycopg.connect(admin) as connection:
             rows = connection.execute(
                 "SELECT d.datname, r.rolname FROM pg_database d "
@@ -122,9 +122,9 @@ def test_image_package_builds_from_the_docker_build_context(tmp_path: Path) -> N
     context = tmp_path / "context"
     context.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        shutil.copy(services.REPO_ROOT / name, context / name)
+        shutil.copy(processes.REPO_ROOT / name, context / name)
     shutil.copytree(
-        services.REPO_ROOT / "authsvc",
+        processes.REPO_ROOT / "authsvc",
         context / "authsvc",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
@@ -137,9 +137,9 @@ def test_image_package_builds_from_the_docker_build_context(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     built = {str(p.relative_to(build)) for p in build.rglob("*") if p.is_file()}
     assert {"authsvc/schema.sql", "authsvc/gunicorn_conf.py", "authsvc/cli.py"} <= built
-    source = services.REPO_ROOT / "authsvc"
+    source = processes.REPO_ROOT / "authsvc"
     data = {
-        str(p.relative_to(services.REPO_ROOT))
+        str(p.relative_to(processes.REPO_ROOT))
         for pattern in ("templates/**/*.html", "static/*", "*.json", "migrations/*.sql")
         for p in source.glob(pattern)
         if p.is_file()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests import services
+from tests import processes
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,26 +46,28 @@ def testenv_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def orthanc(testenv_state: Path) -> Iterator[services.OrthancService]:
+def orthanc(testenv_state: Path) -> Iterator[processes.OrthancService]:
     """A real Orthanc >= 1.12 with DICOMweb on a loopback port, empty at session start."""
-    service = services.start_orthanc(testenv_state / "orthanc", services.free_port())
+    service = processes.start_orthanc(testenv_state / "orthanc", processes.free_port())
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def idp(testenv_state: Path) -> Iterator[services.IdpService]:
+def idp(testenv_state: Path) -> Iterator[processes.IdpService]:
     """The Keycloak-shaped test OIDC provider serving the test realm (realm.json)."""
-    service = services.start_idp(testenv_state / "idp", services.free_port())
+    service = processes.start_idp(testenv_state / "idp", processes.free_port())
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def nginx(testenv_state: Path, orthanc: services.OrthancService) -> Iterator[services.NginxService]:
+def nginx(
+    testenv_state: Path, orthanc: processes.OrthancService
+) -> Iterator[processes.NginxService]:
     """A private nginx that proxies /orthanc/ to the session's Orthanc."""
-    service = services.start_nginx(
-        testenv_state / "nginx", services.free_port(), upstreams={"orthanc": orthanc.port}
+    service = processes.start_nginx(
+        testenv_state / "nginx", processes.free_port(), upstreams={"orthanc": orthanc.port}
     )
     yield service
     service.stop()
@@ -75,7 +77,7 @@ def nginx(testenv_state: Path, orthanc: services.OrthancService) -> Iterator[ser
 def chromium_browser() -> Iterator[Any]:
     """Debian's Chromium, headless, driven by Playwright's sync API."""
     if not CHROMIUM.exists():
-        raise services.ServiceError(f"{CHROMIUM} not found; {services.SETUP_HINT}")
+        raise processes.ServiceError(f"{CHROMIUM} not found; {processes.SETUP_HINT}")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

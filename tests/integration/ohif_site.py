@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from tests import deploy_kit
-from tests import services
+from tests import processes
 
 OHIF_VERSION = "3.13.2"
 
 
 def ohif_dist() -> Path:
     """Return the unpacked ``@ohif/app`` dist/ that setup.sh installed."""
-    dist = services.testenv_home() / "ohif" / OHIF_VERSION / "dist"
+    dist = processes.testenv_home() / "ohif" / OHIF_VERSION / "dist"
     if not (dist / "index.html").is_file():
-        raise services.ServiceError(
-            f"OHIF {OHIF_VERSION} not found at {dist}; {services.SETUP_HINT}"
+        raise processes.ServiceError(
+            f"OHIF {OHIF_VERSION} not found at {dist}; {processes.SETUP_HINT}"
         )
     return dist
 
@@ -46,7 +46,7 @@ def ohif_dist() -> Path:
 class OhifSite:
     """The nginx serving OHIF, and where its app-config.js lives."""
 
-    nginx: services.NginxService
+    nginx: processes.NginxService
     config_path: Path
 
     @property
@@ -168,7 +168,7 @@ def start_ohif_site(
     )
     config = state / "nginx.conf"
     config.write_text(deploy_kit.main_config(state, [site]))
-    nginx = services.NginxService(
+    nginx = processes.NginxService(
         "nginx-ohif",
         deploy_kit.nginx_argv(state, config),
         port,

@@ -35,7 +35,7 @@ import requests
 
 from authsvc.credentials.sealing import generate_key
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 
 PLUGIN_USER = "orthanc-plugin"
@@ -86,12 +86,12 @@ class PluginStack:
     """Everything running, plus the seeded studies and helpers to talk to each door."""
 
     state: Path
-    postgres: services.PostgresService
-    idp: services.IdpService
-    authsvc: services.Service
+    postgres: processes.PostgresService
+    idp: processes.IdpService
+    authsvc: processes.Service
     authsvc_env: dict[str, str]
-    orthanc: services.OrthancService
-    nginx: services.NginxService
+    orthanc: processes.OrthancService
+    nginx: processes.NginxService
     certificate: Path
     studies: dict[str, Study] = field(default_factory=dict)
 
@@ -290,30 +290,30 @@ def init_db(env: Mapping[str, str]) -> None:
     )
 
 
-def start_authsvc(state: Path, port: int, env: Mapping[str, str]) -> services.Service:
+def start_authsvc(state: Path, port: int, env: Mapping[str, str]) -> processes.Service:
     """Start authsvc under gunicorn on the port, with exactly these AUTHSVC_* settings."""
-    service = services.Service(
+    service = processes.Service(
         "authsvc",
         gunicorn_argv(),
         port,
         state / f"authsvc-{port}.log",
         env=child_environment({**env, "AUTHSVC_BIND": f"127.0.0.1:{port}"}),
-        cwd=services.REPO_ROOT,
+        cwd=processes.REPO_ROOT,
         ready_path="/healthz",
     )
     return service.start()
 
 
-def start_plugin_orthanc(state: Path, port: int, web_service: str) -> services.OrthancService:
+def start_plugin_orthanc(state: Path, port: int, web_service: str) -> processes.OrthancService:
     """Start Orthanc with the real plugin asking ``web_service`` (a root URL)."""
-    return services.start_orthanc(
+    return processes.start_orthanc(
         state,
         port,
-        authorization=services.authorization_section(web_service, PLUGIN_USER, PLUGIN_PASSWORD),
+        authorization=processes.authorization_section(web_service, PLUGIN_USER, PLUGIN_PASSWORD),
     )
 
 
-def start_round_robin(state: Path, port: int, backends: list[int]) -> services.NginxService:
+def start_round_robin(state: Path, port: int, backends: list[int]) -> processes.NginxService:
     """Start a plain-HTTP nginx spreading requests round-robin over authsvc instances."""
     state.mkdir(parents=True, exist_ok=True)
     (state / "tmp").mkdir(exist_ok=True)
@@ -333,7 +333,7 @@ def start_round_robin(state: Path, port: int, backends: list[int]) -> services.N
     )
     config = state / "nginx.conf"
     config.write_text(deploy_kit.main_config(state, [site]))
-    service = services.NginxService(
+    service = processes.NginxService(
         "nginx-round-robin",
         deploy_kit.nginx_argv(state, config),
         port,
@@ -354,9 +354,9 @@ def start_plugin_nginx(
     keycloak_port: int,
     certificate: Path,
     key: Path,
-) -> services.NginxService:
+) -> processes.NginxService:
     """Start nginx on tls.conf.template + plugin.conf.template (the plugin stack's proxy)."""
-    http_port = services.free_port()
+    http_port = processes.free_port()
     return deploy_kit.start_nginx_templates(
         state,
         port,
@@ -381,7 +381,7 @@ def start_plugin_nginx(
 
 
 @contextlib.contextmanager
-def idp_token_lifetime(idp: services.IdpService, seconds: int) -> Iterator[None]:
+def idp_token_lifetime(idp: processes.IdpService, seconds: int) -> Iterator[None]:
     """Restart the IdP with another access-token lifetime for the block, then restore it.
 
     Same port, same signing key (kept in its state directory): tokens issued before stay
@@ -411,13 +411,13 @@ def running_stack(
     ``env_overrides`` replaces AUTHSVC_* settings of :func:`authsvc_environment` (e.g. the
     public OHIF root of tests/integration/test_ohif.py).
     """
-    stack_parts: list[services.Service] = []
+    stack_parts: list[processes.Service] = []
     try:
-        postgres = services.start_private_postgres()
+        postgres = processes.start_private_postgres()
         stack_parts.append(postgres)
-        idp = services.start_idp(state / "idp", services.free_port())
+        idp = processes.start_idp(state / "idp", processes.free_port())
         stack_parts.append(idp)
-        authsvc_port, orthanc_port, nginx_port = (services.free_port() for _ in range(3))
+        authsvc_port, orthanc_port, nginx_port = (processes.free_port() for _ in range(3))
         env = authsvc_environment(
             state,
             database_url=postgres.database_url,

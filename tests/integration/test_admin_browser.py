@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from authsvc.credentials.sealing import generate_key
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,9 @@ SCREENSHOTS = (
 @pytest.fixture(scope="module")
 def database_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private PostgreSQL schema for this module, built from schema.sql."""
-    with services.private_schema(postgres_url, "admin", tmp_path_factory.mktemp("admin-db")) as url:
+    with processes.private_schema(
+        postgres_url, "admin", tmp_path_factory.mktemp("admin-db")
+    ) as url:
         yield url
 
 
@@ -47,9 +49,9 @@ def database_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 def authsvc_server(
     tmp_path_factory: pytest.TempPathFactory,
     database_url: str,
-    idp: services.IdpService,
-    orthanc: services.OrthancService,
-) -> Iterator[services.Service]:
+    idp: processes.IdpService,
+    orthanc: processes.OrthancService,
+) -> Iterator[processes.Service]:
     """authsvc under gunicorn, signing people in at the test OIDC provider."""
     state = tmp_path_factory.mktemp("admin-authsvc")
     env = {
@@ -70,7 +72,7 @@ def authsvc_server(
         + '/stone-webviewer/index.html?study={StudyInstanceUID}"}]',
         "AUTHSVC_LOG_LEVEL": "info",
     }
-    server = services.start_gunicorn_app(state, services.free_port(), env)
+    server = processes.start_gunicorn_app(state, processes.free_port(), env)
     with server:
         yield server
 
@@ -119,9 +121,9 @@ def upload_study(base: str, album_id: str, token: str, files: list[bytes]) -> re
 
 
 def test_an_album_from_creation_to_sign_out(
-    authsvc_server: services.Service,
-    idp: services.IdpService,
-    orthanc: services.OrthancService,
+    authsvc_server: processes.Service,
+    idp: processes.IdpService,
+    orthanc: processes.OrthancService,
     chromium_browser: Any,
     browser_context: Any,
 ) -> None:
@@ -321,12 +323,12 @@ def test_an_album_from_creation_to_sign_out(
     assert still_out.status == 302
 
 
-def _orthanc_id(orthanc: services.OrthancService, uid: str) -> str:
+def _orthanc_id(orthanc: processes.OrthancService, uid: str) -> str:
     found = requests.post(f"{orthanc.url}/tools/lookup", data=uid, timeout=10).json()
     return str(found[0]["ID"])
 
 
-def test_sign_in_page_screenshot(authsvc_server: services.Service, browser_context: Any) -> None:
+def test_sign_in_page_screenshot(authsvc_server: processes.Service, browser_context: Any) -> None:
     """The first thing a user sees: the provider's sign-in form, reached from /admin/."""
     page = browser_context.new_page()
     page.goto(f"{authsvc_server.url}/admin/")

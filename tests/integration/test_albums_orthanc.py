@@ -28,7 +28,7 @@ from authsvc.identity import IdentityKind
 from authsvc.identity import authn
 from authsvc.models import AlbumMember
 from authsvc.policy import Actor
-from tests import services
+from tests import processes
 from tests.conftest import _make_app
 from tests.conftest import base_config
 from tests.dicom_factory import make_study
@@ -46,7 +46,7 @@ def identity(sub: str) -> Identity:
 
 @pytest.fixture
 def app(
-    orthanc: services.OrthancService, pg_schema: str, tmp_path: Any, log_stream: io.StringIO
+    orthanc: processes.OrthancService, pg_schema: str, tmp_path: Any, log_stream: io.StringIO
 ) -> Iterator[Flask]:
     config = base_config(
         tmp_path,
@@ -63,7 +63,7 @@ def app(
         db.engine.dispose()
 
 
-def store_study(orthanc: services.OrthancService, **kwargs: Any) -> tuple[str, str]:
+def store_study(orthanc: processes.OrthancService, **kwargs: Any) -> tuple[str, str]:
     """Store a generated study; return (Orthanc id, StudyInstanceUID)."""
     uid = "1.2.826.0.1.3680043.8.498." + str(uuid.uuid4().int)[:30]
     study_id = ""
@@ -74,7 +74,7 @@ def store_study(orthanc: services.OrthancService, **kwargs: Any) -> tuple[str, s
     return study_id, uid
 
 
-def labels(orthanc: services.OrthancService, study_id: str) -> list[str]:
+def labels(orthanc: processes.OrthancService, study_id: str) -> list[str]:
     response = requests.get(f"{orthanc.url}/studies/{study_id}/labels", timeout=10)
     response.raise_for_status()
     found: list[str] = response.json()
@@ -84,7 +84,7 @@ def labels(orthanc: services.OrthancService, study_id: str) -> list[str]:
 ADMIN = person("it-admin", admin=True)
 
 
-def test_album_lifecycle(app: Flask, orthanc: services.OrthancService) -> None:
+def test_album_lifecycle(app: Flask, orthanc: processes.OrthancService) -> None:
     study_id, uid = store_study(orthanc, n_series=2, n_instances=3, modality="MR")
     view = albums.create_album(ADMIN, "Knee MRI — cohort 1")
     album_id, label = view.album.id, view.album.label
@@ -115,7 +115,7 @@ def test_album_lifecycle(app: Flask, orthanc: services.OrthancService) -> None:
 
 
 def test_two_albums_two_users_see_nothing_of_each_other(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     alice, bob = person("it-alice"), person("it-bob2")
     study_a, _ = store_study(orthanc)
@@ -141,7 +141,7 @@ def test_two_albums_two_users_see_nothing_of_each_other(
 
 
 def test_reconcile_repairs_a_label_removed_behind_authsvcs_back(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     study_id, _ = store_study(orthanc)
     album = albums.create_album(ADMIN, "reconciled").album
@@ -169,7 +169,7 @@ def test_reconcile_repairs_a_label_removed_behind_authsvcs_back(
 
 
 def test_delete_album_strips_its_label_and_keeps_the_studies(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     study_id, _ = store_study(orthanc)
     album = albums.create_album(ADMIN, "to delete").album

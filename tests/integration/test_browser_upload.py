@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from authsvc.credentials.sealing import generate_key
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 from tests.integration.test_admin_browser import SCREENSHOTS
 from tests.integration.test_admin_browser import sign_in
@@ -38,7 +38,7 @@ SUMMARY_WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def database_url(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory, idp: services.IdpService
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory, idp: processes.IdpService
 ) -> Iterator[str]:
     """A private PostgreSQL schema with one album in which alice is invited as contributor."""
     from authsvc.extensions import db
@@ -68,7 +68,7 @@ def database_url(
         )
         db.session.commit()
 
-    with services.private_schema(
+    with processes.private_schema(
         postgres_url, "bupload", tmp_path_factory.mktemp("bupload-db"), seed
     ) as url:
         yield url
@@ -78,9 +78,9 @@ def database_url(
 def authsvc_server(
     tmp_path_factory: pytest.TempPathFactory,
     database_url: str,
-    idp: services.IdpService,
-    orthanc: services.OrthancService,
-) -> Iterator[services.Service]:
+    idp: processes.IdpService,
+    orthanc: processes.OrthancService,
+) -> Iterator[processes.Service]:
     """authsvc under gunicorn, signing people in at the test OIDC provider."""
     state = tmp_path_factory.mktemp("bupload-authsvc")
     env = {
@@ -97,7 +97,7 @@ def authsvc_server(
         "AUTHSVC_UPLOAD_TOKEN_KEYS": generate_key("bupload"),
         "AUTHSVC_LOG_LEVEL": "info",
     }
-    server = services.start_gunicorn_app(state, services.free_port(), env)
+    server = processes.start_gunicorn_app(state, processes.free_port(), env)
     with server:
         yield server
 
@@ -178,7 +178,7 @@ def _close(sock: socket.socket) -> None:
 
 
 @pytest.fixture
-def cutter(authsvc_server: services.Service) -> Iterator[CuttingProxy]:
+def cutter(authsvc_server: processes.Service) -> Iterator[CuttingProxy]:
     """The cutting proxy, cutting the third upload's answer."""
     proxy = CuttingProxy(int(authsvc_server.url.rsplit(":", 1)[1]), cut=3)
     try:
@@ -195,7 +195,7 @@ def write_study(folder: Path, instances: list[bytes]) -> str:
     return str(pydicom.dcmread(io.BytesIO(instances[0])).StudyInstanceUID)
 
 
-def orthanc_study(orthanc: services.OrthancService, uid: str) -> dict[str, Any]:
+def orthanc_study(orthanc: processes.OrthancService, uid: str) -> dict[str, Any]:
     """Return what Orthanc holds of a study: its instance ids and labels."""
     found = requests.post(f"{orthanc.url}/tools/lookup", data=uid, timeout=10).json()
     studies = [f["ID"] for f in found if f["Type"] == "Study"]
@@ -218,10 +218,10 @@ def summary_text(page: Any, expected: str) -> str:
 
 
 def test_folder_and_zip_upload_survive_a_cut_connection(
-    authsvc_server: services.Service,
+    authsvc_server: processes.Service,
     cutter: CuttingProxy,
-    idp: services.IdpService,
-    orthanc: services.OrthancService,
+    idp: processes.IdpService,
+    orthanc: processes.OrthancService,
     chromium_browser: Any,
     tmp_path: Path,
 ) -> None:
@@ -298,9 +298,9 @@ def test_folder_and_zip_upload_survive_a_cut_connection(
 
 
 def test_with_javascript_off_the_form_answers_a_summary_page(
-    authsvc_server: services.Service,
-    idp: services.IdpService,
-    orthanc: services.OrthancService,
+    authsvc_server: processes.Service,
+    idp: processes.IdpService,
+    orthanc: processes.OrthancService,
     chromium_browser: Any,
     tmp_path: Path,
 ) -> None:

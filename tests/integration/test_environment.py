@@ -30,7 +30,7 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 
 
@@ -44,7 +44,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _verify(idp: services.IdpService, token: str, audience: str) -> dict[str, Any]:
+def _verify(idp: processes.IdpService, token: str, audience: str) -> dict[str, Any]:
     """Verify an access token against the IdP's JWKS with joserfc and return its claims."""
     keys = KeySet.import_key_set(requests.get(idp.jwks_url, timeout=10).json())
     decoded = jwt.decode(token, keys, algorithms=["RS256"])
@@ -63,7 +63,7 @@ def _verify(idp: services.IdpService, token: str, audience: str) -> dict[str, An
 # ------------------------------------------------------------------------------ Orthanc
 
 
-def test_orthanc_is_at_least_1_12_with_labels(orthanc: services.OrthancService) -> None:
+def test_orthanc_is_at_least_1_12_with_labels(orthanc: processes.OrthancService) -> None:
     """The labels API that authsvc relies on exists only from Orthanc 1.12 on."""
     system = requests.get(f"{orthanc.url}/system", timeout=10).json()
     assert _version(system["Version"]) >= (1, 12), system["Version"]
@@ -72,7 +72,7 @@ def test_orthanc_is_at_least_1_12_with_labels(orthanc: services.OrthancService) 
     assert "dicom-web" in plugins
 
 
-def test_generated_study_is_stored_and_found(orthanc: services.OrthancService) -> None:
+def test_generated_study_is_stored_and_found(orthanc: processes.OrthancService) -> None:
     """An instance from dicom_factory goes in through POST /instances and comes back out."""
     instances = make_study(n_series=1, n_instances=2, study_description="environment probe")
     stored = requests.post(f"{orthanc.url}/instances", data=instances[0], timeout=30)
@@ -111,8 +111,8 @@ def test_orthanc_python_plugin_and_restart_keep_working(tmp_path: Path) -> None:
     """A PythonScript loads the Python plugin, and a restart keeps the stored studies."""
     script = tmp_path / "probe.py"
     script.write_text(PYTHON_PLUGIN_PROBE)
-    with services.start_orthanc(
-        tmp_path / "orthanc", services.free_port(), {"PythonScript": str(script)}
+    with processes.start_orthanc(
+        tmp_path / "orthanc", processes.free_port(), {"PythonScript": str(script)}
     ) as orthanc:
         probe = requests.get(f"{orthanc.url}/authsvc-probe", timeout=10)
         assert probe.status_code == 200, orthanc.log_tail()
@@ -131,12 +131,12 @@ def test_missing_orthanc_is_an_error_not_a_skip(
 ) -> None:
     """Without the private install the helper raises, pointing at setup.sh."""
     monkeypatch.setenv("AUTHSVC_TESTENV", str(tmp_path / "empty"))
-    with pytest.raises(services.ServiceError, match="setup.sh"):
-        services.start_orthanc(tmp_path, services.free_port())
+    with pytest.raises(processes.ServiceError, match="setup.sh"):
+        processes.start_orthanc(tmp_path, processes.free_port())
 
 
 def test_orthanc_answers_through_nginx(
-    nginx: services.NginxService, orthanc: services.OrthancService
+    nginx: processes.NginxService, orthanc: processes.OrthancService
 ) -> None:
     """The private nginx proxies /orthanc/ to the session's Orthanc."""
     direct = requests.get(f"{orthanc.url}/system", timeout=10).json()
@@ -192,9 +192,9 @@ class FakeAuthWebService:
         self.profile: Any = _profile(["view"])
         self.status = 200
         self.raw: bytes | None = None
-        self._server = ThreadingHTTPServer((services.LOOPBACK, 0), self._handler_class())
+        self._server = ThreadingHTTPServer((processes.LOOPBACK, 0), self._handler_class())
         self.port = int(self._server.server_address[1])
-        self.url = f"http://{services.LOOPBACK}:{self.port}"
+        self.url = f"http://{processes.LOOPBACK}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -262,11 +262,13 @@ def auth_web_service() -> Iterator[FakeAuthWebService]:
 @pytest.fixture
 def authz_orthanc(
     tmp_path: Path, auth_web_service: FakeAuthWebService
-) -> Iterator[services.OrthancService]:
+) -> Iterator[processes.OrthancService]:
     """A private Orthanc with the real authorization plugin, configured as deployments do."""
-    authorization = services.authorization_section(auth_web_service.url, AUTHZ_USER, AUTHZ_PASSWORD)
-    orthanc = services.start_orthanc(
-        tmp_path / "orthanc", services.free_port(), authorization=authorization
+    authorization = processes.authorization_section(
+        auth_web_service.url, AUTHZ_USER, AUTHZ_PASSWORD
+    )
+    orthanc = processes.start_orthanc(
+        tmp_path / "orthanc", processes.free_port(), authorization=authorization
     )
     try:
         yield orthanc
@@ -275,10 +277,10 @@ def authz_orthanc(
 
 
 def test_orthanc_lists_the_authorization_plugin(
-    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+    authz_orthanc: processes.OrthancService, auth_web_service: FakeAuthWebService
 ) -> None:
     """The real plugin loads (all its trixie libraries resolve) and registers as "authorization"."""
-    assert str(services.authorization_plugin_path()) in authz_orthanc.config["Plugins"]
+    assert str(processes.authorization_plugin_path()) in authz_orthanc.config["Plugins"]
     viewer = {"api-key": "plugins-viewer"}
     # /plugins itself sits behind the plugin's filter (it needs "view").
     plugins = requests.get(f"{authz_orthanc.url}/plugins", headers=viewer, timeout=10)
@@ -290,7 +292,7 @@ def test_orthanc_lists_the_authorization_plugin(
 
 
 def test_authorization_plugin_asks_the_web_service_for_the_profile(
-    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+    authz_orthanc: processes.OrthancService, auth_web_service: FakeAuthWebService
 ) -> None:
     """GET /studies with an api-key is decided by the profile the web service returns."""
     allowed = requests.get(f"{authz_orthanc.url}/studies", headers={"api-key": "abc"}, timeout=15)
@@ -320,7 +322,7 @@ def test_authorization_plugin_asks_the_web_service_for_the_profile(
     ids=["http-500", "not-json", "missing-fields"],
 )
 def test_failed_profile_call_denies_and_is_asked_again(
-    authz_orthanc: services.OrthancService,
+    authz_orthanc: processes.OrthancService,
     auth_web_service: FakeAuthWebService,
     status: int,
     raw: bytes,
@@ -336,7 +338,7 @@ def test_failed_profile_call_denies_and_is_asked_again(
 
 
 def test_label_write_probe_tells_granted_from_refused(
-    authz_orthanc: services.OrthancService, auth_web_service: FakeAuthWebService
+    authz_orthanc: processes.OrthancService, auth_web_service: FakeAuthWebService
 ) -> None:
     """PUT a label on a study that does not exist: 404 past the plugin, 403 stopped by it.
 
@@ -359,20 +361,20 @@ def test_missing_authorization_plugin_is_an_error_not_a_skip(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the plugin (variable, shared build, cached copy) the helper raises, naming setup."""
-    monkeypatch.setenv(services.AUTHZ_PLUGIN_ENV, str(tmp_path / "nowhere.so"))
-    with pytest.raises(services.ServiceError, match="AUTHSVC_TEST_AUTHZ_PLUGIN.*setup.sh"):
-        services.start_orthanc(tmp_path, services.free_port(), authorization={})
-    monkeypatch.delenv(services.AUTHZ_PLUGIN_ENV)
-    monkeypatch.setattr(services, "REPO_ROOT", tmp_path / "checkout" / "main")
+    monkeypatch.setenv(processes.AUTHZ_PLUGIN_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(processes.ServiceError, match="AUTHSVC_TEST_AUTHZ_PLUGIN.*setup.sh"):
+        processes.start_orthanc(tmp_path, processes.free_port(), authorization={})
+    monkeypatch.delenv(processes.AUTHZ_PLUGIN_ENV)
+    monkeypatch.setattr(processes, "REPO_ROOT", tmp_path / "checkout" / "main")
     monkeypatch.setenv("AUTHSVC_TESTENV", str(tmp_path / "empty"))
-    with pytest.raises(services.ServiceError, match="authorization plugin not found.*setup.sh"):
-        services.authorization_plugin_path()
+    with pytest.raises(processes.ServiceError, match="authorization plugin not found.*setup.sh"):
+        processes.authorization_plugin_path()
 
 
 # ------------------------------------------------------------------------------ OIDC provider
 
 
-def test_discovery_uses_keycloak_paths(idp: services.IdpService) -> None:
+def test_discovery_uses_keycloak_paths(idp: processes.IdpService) -> None:
     """A client written for Keycloak finds every endpoint where Keycloak keeps it."""
     metadata = requests.get(idp.discovery_url, timeout=10).json()
     assert metadata["issuer"] == idp.issuer
@@ -383,7 +385,7 @@ def test_discovery_uses_keycloak_paths(idp: services.IdpService) -> None:
     assert "password" in metadata["grant_types_supported"]
 
 
-def test_password_grant_token_verifies_against_jwks(idp: services.IdpService) -> None:
+def test_password_grant_token_verifies_against_jwks(idp: processes.IdpService) -> None:
     """alice's access token is an RS256 JWT with Keycloak's claims, signed by the JWKS key."""
     tokens = idp.password_token("alice")
     claims = _verify(idp, tokens["access_token"], audience="authsvc")
@@ -399,7 +401,7 @@ def test_password_grant_token_verifies_against_jwks(idp: services.IdpService) ->
     assert "id_token" in tokens and "refresh_token" in tokens
 
 
-def test_tampered_token_fails_verification(idp: services.IdpService) -> None:
+def test_tampered_token_fails_verification(idp: processes.IdpService) -> None:
     """The JWKS check is real: changing the payload breaks the signature."""
     header, payload, signature = idp.password_token("carol")["access_token"].split(".")
     forged = base64.urlsafe_b64encode(b'{"sub":"someone-else"}').rstrip(b"=").decode()
@@ -408,7 +410,7 @@ def test_tampered_token_fails_verification(idp: services.IdpService) -> None:
         jwt.decode(f"{header}.{forged}.{signature}", keys, algorithms=["RS256"])
 
 
-def test_wrong_password_is_invalid_grant(idp: services.IdpService) -> None:
+def test_wrong_password_is_invalid_grant(idp: processes.IdpService) -> None:
     """A bad password gets Keycloak's 400 invalid_grant answer."""
     response = requests.post(
         idp.token_url,
@@ -420,7 +422,7 @@ def test_wrong_password_is_invalid_grant(idp: services.IdpService) -> None:
     assert response.json()["error"] == "invalid_grant"
 
 
-def test_client_credentials_gives_service_account_token(idp: services.IdpService) -> None:
+def test_client_credentials_gives_service_account_token(idp: processes.IdpService) -> None:
     """client_credentials acts as service-account-<client> with the client's roles."""
     claims = _verify(idp, idp.client_credentials_token("authsvc")["access_token"], "authsvc")
     service_account = idp.clients["authsvc"]["serviceAccount"]
@@ -431,7 +433,7 @@ def test_client_credentials_gives_service_account_token(idp: services.IdpService
     assert claims["realm_access"]["roles"] == service_account["realmRoles"]
 
 
-def test_refresh_userinfo_introspection_and_logout(idp: services.IdpService) -> None:
+def test_refresh_userinfo_introspection_and_logout(idp: processes.IdpService) -> None:
     """The rest of the Keycloak surface authsvc may call answers like Keycloak does."""
     client_auth = ("authsvc", idp.clients["authsvc"]["secret"])
     tokens = idp.password_token("bob")
@@ -487,11 +489,11 @@ def page(chromium_browser: Any) -> Iterator[Any]:
         context.close()
 
 
-def test_chromium_logs_in_through_the_idp_form(page: Any, idp: services.IdpService) -> None:
+def test_chromium_logs_in_through_the_idp_form(page: Any, idp: processes.IdpService) -> None:
     """Chromium renders the Keycloak-shaped form, shows the error, then completes the flow."""
     verifier, challenge = _pkce_pair()
     # Nothing listens on this callback; the browser request is answered by Playwright instead.
-    callback = f"http://127.0.0.1:{services.free_port()}/callback"
+    callback = f"http://127.0.0.1:{processes.free_port()}/callback"
     query = urlencode(
         {
             "client_id": "orthanc-ui",
@@ -534,9 +536,9 @@ def test_chromium_logs_in_through_the_idp_form(page: Any, idp: services.IdpServi
 
 def test_chromium_loads_healthz_through_gunicorn(page: Any, tmp_path: Path) -> None:
     """The real app under gunicorn answers /healthz to a real browser."""
-    app = services.start_gunicorn_app(
+    app = processes.start_gunicorn_app(
         tmp_path,
-        services.free_port(),
+        processes.free_port(),
         {"AUTHSVC_ENV": "development", "AUTHSVC_DATA_DIR": str(tmp_path / "data")},
     )
     with app:
@@ -549,7 +551,7 @@ def test_chromium_loads_healthz_through_gunicorn(page: Any, tmp_path: Path) -> N
 
 def test_private_postgres_cluster_starts_and_stops() -> None:
     """The fallback used when no PostgreSQL server is running works on this machine."""
-    cluster = services.start_private_postgres()
+    cluster = processes.start_private_postgres()
     with cluster:
         with psycopg.connect(cluster.database_url, connect_timeout=5) as connection:
             assert connection.execute("SELECT current_database()").fetchone() == ("test",)

@@ -42,7 +42,7 @@ from authsvc.models import AlbumStudy
 from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.policy import Actor
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 from tests.plugin_client import basic
 
@@ -71,10 +71,10 @@ class Outcome:
 
 @dataclass
 class Env:
-    orthanc: services.OrthancService
-    idp: services.IdpService
-    postgres: services.PostgresService
-    server: services.Service
+    orthanc: processes.OrthancService
+    idp: processes.IdpService
+    postgres: processes.PostgresService
+    server: processes.Service
     app: Flask
     album_a: str
     album_b: str
@@ -191,7 +191,7 @@ def _wait_healthy(env: Env) -> float:
         time.sleep(1)
 
 
-def _store(orthanc: services.OrthancService, description: str) -> tuple[str, str]:
+def _store(orthanc: processes.OrthancService, description: str) -> tuple[str, str]:
     blob = make_study(n_series=1, n_instances=1, study_description=description)[0]
     stored = requests.post(f"{orthanc.url}/instances", data=blob, timeout=30)
     stored.raise_for_status()
@@ -206,9 +206,9 @@ def _subject(token: str) -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     state = tmp_path_factory.mktemp("faults")
-    orthanc = services.start_orthanc(state / "orthanc", services.free_port())
-    idp = services.start_idp(state / "idp", services.free_port())
-    postgres = services.start_private_postgres()
+    orthanc = processes.start_orthanc(state / "orthanc", processes.free_port())
+    idp = processes.start_idp(state / "idp", processes.free_port())
+    postgres = processes.start_private_postgres()
     settings = {
         "env": "testing",
         "data_dir": str(state / "data"),
@@ -228,9 +228,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     app = create_app(settings)
     with app.app_context():
         init_db(db.engine)
-    server = services.start_gunicorn_app(
+    server = processes.start_gunicorn_app(
         state / "authsvc",
-        services.free_port(),
+        processes.free_port(),
         {f"AUTHSVC_{key.upper()}": value for key, value in settings.items()},
     )
     tokens = {u: idp.password_token(u)["access_token"] for u in ("alice", "bob", "carol")}
@@ -280,7 +280,7 @@ def test_faults_orthanc_stops_and_returns(env: Env) -> None:
 def test_faults_postgres_stops_and_returns(env: Env) -> None:
     _wait_healthy(env)
     # Stop the postmaster but keep the cluster (PostgresService.stop would delete it).
-    services.Service.stop(env.postgres)
+    processes.Service.stop(env.postgres)
     try:
         during = [_round(env) for _ in range(2)]
         for outcomes in during:

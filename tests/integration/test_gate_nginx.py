@@ -34,7 +34,7 @@ from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.policy import Actor
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 
 INSECURE_SECRET = "insecure-gate-test-secret-key-0123456789abcdef"
@@ -57,8 +57,8 @@ class Env:
     """Everything the tests talk to."""
 
     base: str  # nginx, the only door
-    orthanc: services.OrthancService
-    idp: services.IdpService
+    orthanc: processes.OrthancService
+    idp: processes.IdpService
     app: Flask
     album_a: str
     album_b: str
@@ -73,7 +73,7 @@ class Env:
         return requests.get(self.base + path, headers=headers, timeout=30, **kwargs)
 
 
-def _store(orthanc: services.OrthancService, description: str, n_instances: int = 2) -> Study:
+def _store(orthanc: processes.OrthancService, description: str, n_instances: int = 2) -> Study:
     instances = make_study(n_series=1, n_instances=n_instances, study_description=description)
     answer: dict[str, Any] = {}
     for blob in instances:
@@ -103,8 +103,8 @@ def _subject(token: str) -> str:
 @pytest.fixture(scope="module")
 def env(
     tmp_path_factory: pytest.TempPathFactory,
-    orthanc: services.OrthancService,
-    idp: services.IdpService,
+    orthanc: processes.OrthancService,
+    idp: processes.IdpService,
 ) -> Iterator[Env]:
     state = tmp_path_factory.mktemp("gate")
     settings = {
@@ -124,13 +124,13 @@ def env(
     with app.app_context():
         init_db(db.engine)
 
-    authsvc_port = services.free_port()
-    server = services.start_gunicorn_app(
+    authsvc_port = processes.free_port()
+    server = processes.start_gunicorn_app(
         state / "authsvc",
         authsvc_port,
         {f"AUTHSVC_{key.upper()}": value for key, value in settings.items()},
     )
-    nginx_port = services.free_port()
+    nginx_port = processes.free_port()
     nginx = deploy_kit.start_nginx_templates(
         state / "nginx",
         nginx_port,

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from tests import processes
 
 
 @pytest.fixture(scope="module")
-def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.Service]:
     """gunicorn serving tests.gunicorn_echo on a free loopback port."""
     state = tmp_path_factory.mktemp("gunicorn-echo")
-    server = services.start_gunicorn_app(
+    server = processes.start_gunicorn_app(
         state,
-        services.free_port(),
+        processes.free_port(),
         {"AUTHSVC_ENV": "testing", "AUTHSVC_DATA_DIR": str(Path(state) / "data")},
         app_spec="tests.gunicorn_echo:app()",
     )
@@ -28,7 +28,7 @@ def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.S
 
 def _raw_request(port: int, head: bytes, body_parts: list[bytes]) -> tuple[int, bytes]:
     """Send one request on a new connection, as the plugin does, and read the whole answer."""
-    with socket.create_connection((services.LOOPBACK, port), timeout=10) as sock:
+    with socket.create_connection((processes.LOOPBACK, port), timeout=10) as sock:
         sock.sendall(head)
         for part in body_parts:
             sock.sendall(part)
@@ -44,7 +44,7 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def test_chunked_json_body_reaches_the_view(echo_server: services.Service) -> None:
+def test_chunked_json_body_reaches_the_view(echo_server: processes.Service) -> None:
     """A body split over several chunks, with no Content-Length, is read whole by the view."""
     payload = json.dumps(
         {"dicom-uid": "1.2.3", "level": "study", "method": "get", "token-value": "x" * 3000},
@@ -66,7 +66,7 @@ def test_chunked_json_body_reaches_the_view(echo_server: services.Service) -> No
     assert json.loads(body) == {"received": json.loads(payload)}
 
 
-def test_truncated_chunked_body_is_a_4xx_not_a_500(echo_server: services.Service) -> None:
+def test_truncated_chunked_body_is_a_4xx_not_a_500(echo_server: processes.Service) -> None:
     """A chunked body whose JSON is cut short gets the JSON 400, never a crash."""
     head = (
         b"POST /_test/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -52,7 +52,7 @@ from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.policy import Actor
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 from tests.integration import ohif_site
 from tests.integration import plugin_stack
@@ -87,8 +87,8 @@ class Stack:
 
     gate: str  # the gate's nginx
     site: ohif_site.OhifSite
-    orthanc: services.OrthancService
-    idp: services.IdpService
+    orthanc: processes.OrthancService
+    idp: processes.IdpService
     album_a: str
     album_b: str
     studies: dict[str, Study]
@@ -110,7 +110,7 @@ class Stack:
         return created.json()["id"], created.json()["token"]
 
 
-def _store(orthanc: services.OrthancService, description: str, n_instances: int = 3) -> Study:
+def _store(orthanc: processes.OrthancService, description: str, n_instances: int = 3) -> Study:
     instances = make_study(
         n_series=1, n_instances=n_instances, study_description=description, size=IMAGE_SIZE
     )
@@ -140,11 +140,11 @@ def _until(check: Callable[[], bool], limit: float, what: str) -> float:
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
-    orthanc: services.OrthancService,
-    idp: services.IdpService,
+    orthanc: processes.OrthancService,
+    idp: processes.IdpService,
 ) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("ohif")
-    authsvc_port, gate_port, site_port = (services.free_port() for _ in range(3))
+    authsvc_port, gate_port, site_port = (processes.free_port() for _ in range(3))
     settings = {
         "env": "testing",
         "data_dir": str(state / "data"),
@@ -166,7 +166,7 @@ def stack(
     app = create_app(settings)
     with app.app_context():
         init_db(db.engine)
-    server = services.start_gunicorn_app(
+    server = processes.start_gunicorn_app(
         state / "authsvc",
         authsvc_port,
         {f"AUTHSVC_{key.upper()}": value for key, value in settings.items()},
@@ -615,7 +615,7 @@ class PluginSite:
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PluginSite]:
     state = tmp_path_factory.mktemp("ohif-plugin")
-    site_port = services.free_port()
+    site_port = processes.free_port()
     overrides = {
         # authsvc builds OHIF share links on this root: the OHIF site below.
         "AUTHSVC_PUBLIC_OHIF_ROOT": f"http://127.0.0.1:{site_port}/",

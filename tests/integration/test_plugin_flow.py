@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests import services
+from tests import processes
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ ROLES = {
 class Authsvc:
     """The running service: plugin-style callbacks and JSON API calls."""
 
-    def __init__(self, service: services.Service) -> None:
+    def __init__(self, service: processes.Service) -> None:
         self.service = service
         self.port = service.port
         self.url = f"http://127.0.0.1:{service.port}"
@@ -111,7 +111,7 @@ class Authsvc:
 
 
 @pytest.fixture
-def authsvc(idp: services.IdpService, pg_schema: str, tmp_path: Path) -> Iterator[Authsvc]:
+def authsvc(idp: processes.IdpService, pg_schema: str, tmp_path: Path) -> Iterator[Authsvc]:
     """authsvc under gunicorn on PostgreSQL, trusting the real OIDC provider."""
     roles_file = tmp_path / "permissions.json"
     roles_file.write_text("// imported on first start\n" + json.dumps(ROLES, indent=2))
@@ -140,12 +140,12 @@ def authsvc(idp: services.IdpService, pg_schema: str, tmp_path: Path) -> Iterato
         check=True,
         capture_output=True,
     )
-    service = services.start_gunicorn_app(tmp_path / "gunicorn", services.free_port(), env)
+    service = processes.start_gunicorn_app(tmp_path / "gunicorn", processes.free_port(), env)
     yield Authsvc(service)
     service.stop()
 
 
-def _sub(idp: services.IdpService, token: str) -> str:
+def _sub(idp: processes.IdpService, token: str) -> str:
     payload = token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     subject: str = claims["sub"]
@@ -153,7 +153,7 @@ def _sub(idp: services.IdpService, token: str) -> str:
 
 
 def test_password_grant_tokens_give_the_expected_profiles(
-    authsvc: Authsvc, idp: services.IdpService
+    authsvc: Authsvc, idp: processes.IdpService
 ) -> None:
     alice = idp.password_token("alice")["access_token"]
     profile = authsvc.profile(alice)
@@ -179,7 +179,7 @@ def test_password_grant_tokens_give_the_expected_profiles(
 
 
 def test_client_credentials_token_gives_the_service_account_profile(
-    authsvc: Authsvc, idp: services.IdpService
+    authsvc: Authsvc, idp: processes.IdpService
 ) -> None:
     token = idp.client_credentials_token("authsvc")["access_token"]
     profile = authsvc.profile(token)
@@ -189,7 +189,7 @@ def test_client_credentials_token_gives_the_service_account_profile(
     assert profile["user-id"] == _sub(idp, token)
 
 
-def test_bad_tokens_get_the_anonymous_profile(authsvc: Authsvc, idp: services.IdpService) -> None:
+def test_bad_tokens_get_the_anonymous_profile(authsvc: Authsvc, idp: processes.IdpService) -> None:
     header, payload, signature = idp.password_token("bob")["access_token"].split(".")
     forged = f"{header}.{payload}.{signature[:-4]}AAAA"
     for token in (forged, "garbage", ""):
@@ -197,7 +197,7 @@ def test_bad_tokens_get_the_anonymous_profile(authsvc: Authsvc, idp: services.Id
         assert authsvc.profile(token)["permissions"] == []
 
 
-def test_api_key_round_trip(authsvc: Authsvc, idp: services.IdpService) -> None:
+def test_api_key_round_trip(authsvc: Authsvc, idp: processes.IdpService) -> None:
     alice = idp.password_token("alice")["access_token"]
     created = authsvc.api("POST", "/api/api-keys", alice, json={"name": "scanner forwarder"})
     assert created.status_code == 201, created.text
@@ -216,7 +216,7 @@ def test_api_key_round_trip(authsvc: Authsvc, idp: services.IdpService) -> None:
     assert again.status_code == 401
 
 
-def test_share_token_lifecycle(authsvc: Authsvc, idp: services.IdpService) -> None:
+def test_share_token_lifecycle(authsvc: Authsvc, idp: processes.IdpService) -> None:
     status, created = authsvc.plugin(
         "PUT",
         "/tokens/stone-viewer-publication",

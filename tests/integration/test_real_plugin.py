@@ -22,7 +22,7 @@ import pydicom
 import pytest
 import requests
 
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 from tests.integration import plugin_stack
 from tests.integration.plugin_stack import PluginStack
@@ -603,14 +603,14 @@ def _roles_calls(service: Any) -> tuple[int, int]:
 def test_roles_read_after_write_through_two_instances_round_robin(stack: PluginStack) -> None:
     """A second authsvc on the same PostgreSQL; an Orthanc whose plugin asks both in turn."""
     state = stack.state / "round-robin"
-    second = plugin_stack.start_authsvc(state, services.free_port(), stack.authsvc_env)
+    second = plugin_stack.start_authsvc(state, processes.free_port(), stack.authsvc_env)
     balancer = orthanc = None
     try:
         balancer = plugin_stack.start_round_robin(
-            state / "nginx", services.free_port(), [stack.authsvc.port, second.port]
+            state / "nginx", processes.free_port(), [stack.authsvc.port, second.port]
         )
         orthanc = plugin_stack.start_plugin_orthanc(
-            state / "orthanc", services.free_port(), f"{balancer.url}/"
+            state / "orthanc", processes.free_port(), f"{balancer.url}/"
         )
         before = (_roles_calls(stack.authsvc), _roles_calls(second))
 
@@ -753,7 +753,7 @@ def test_authsvc_restarts_while_the_plugin_orthanc_runs(stack: PluginStack) -> N
     problem = ""
     try:
         stack.authsvc.start()
-    except services.ServiceError as exc:
+    except processes.ServiceError as exc:
         problem = str(exc)
         _restart_behind_orthanc(stack)  # the other tests need the stack back
     assert not problem, f"authsvc did not restart next to the running plugin Orthanc: {problem}"
@@ -771,13 +771,13 @@ def test_startup_without_the_service_key_exits_3_naming_it(stack: PluginStack) -
     env = {
         **stack.authsvc_env,
         "AUTHSVC_DATA_DIR": str(stack.state / "no-key-data"),
-        "AUTHSVC_BIND": f"127.0.0.1:{services.free_port()}",
+        "AUTHSVC_BIND": f"127.0.0.1:{processes.free_port()}",
     }
     del env["AUTHSVC_ORTHANC_SERVICE_KEY"]
     result = subprocess.run(
         plugin_stack.gunicorn_argv(),
         env=plugin_stack.child_environment(env),
-        cwd=services.REPO_ROOT,
+        cwd=processes.REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,

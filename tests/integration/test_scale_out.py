@@ -10,7 +10,7 @@ instance directly, to make a change through one and watch the other.
 * Concurrent membership and study edits through both instances lose nothing, and concurrent
   renames with the same ``If-Match`` have exactly one winner.
 
-The PostgreSQL is a private cluster (tests/services.start_private_postgres).
+The PostgreSQL is a private cluster (tests/processes.start_private_postgres).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from authsvc.identity.authn import ApiKeyCache
 from authsvc.policy import Actor
 from authsvc.views.gate import CALLER_TTL
 from tests import deploy_kit
-from tests import services
+from tests import processes
 from tests.dicom_factory import make_study
 
 INSECURE_SECRET = "insecure-scale-out-secret-key-0123456789abcdef"
@@ -62,7 +62,7 @@ SLACK = 3.0
 class Cluster:
     base: str  # nginx
     instances: list[str]  # each authsvc directly
-    orthanc: services.OrthancService
+    orthanc: processes.OrthancService
     app: Flask
     album: str
     label: str
@@ -85,7 +85,7 @@ def _subject(token: str) -> str:
     return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
 
 
-def _store(orthanc: services.OrthancService, description: str) -> str:
+def _store(orthanc: processes.OrthancService, description: str) -> str:
     blob = make_study(n_series=1, n_instances=1, study_description=description)[0]
     stored = requests.post(f"{orthanc.url}/instances", data=blob, timeout=30)
     stored.raise_for_status()
@@ -96,11 +96,11 @@ def _store(orthanc: services.OrthancService, description: str) -> str:
 @pytest.fixture(scope="module")
 def cluster(
     tmp_path_factory: pytest.TempPathFactory,
-    orthanc: services.OrthancService,
-    idp: services.IdpService,
+    orthanc: processes.OrthancService,
+    idp: processes.IdpService,
 ) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("scale")
-    postgres = services.start_private_postgres()
+    postgres = processes.start_private_postgres()
     settings = {
         "env": "testing",
         "data_dir": str(state / "data"),
@@ -119,9 +119,9 @@ def cluster(
     with app.app_context():
         init_db(db.engine)
     env = {f"AUTHSVC_{key.upper()}": value for key, value in settings.items()}
-    ports = [services.free_port(), services.free_port()]
-    servers = [services.start_gunicorn_app(state / f"authsvc-{p}", p, env) for p in ports]
-    nginx_port = services.free_port()
+    ports = [processes.free_port(), processes.free_port()]
+    servers = [processes.start_gunicorn_app(state / f"authsvc-{p}", p, env) for p in ports]
+    nginx_port = processes.free_port()
     nginx = None
     try:
         nginx = deploy_kit.start_nginx_templates(

@@ -27,7 +27,7 @@ from authsvc.extensions import db
 from authsvc.models import PendingLabel
 from authsvc.orthanc import OrthancClient
 from authsvc.policy import Actor
-from tests import services
+from tests import processes
 from tests.conftest import _make_app
 from tests.conftest import base_config
 from tests.dicom_factory import make_study
@@ -55,7 +55,7 @@ def make_app(orthanc_url: str, database_url: str, tmp_path: Path, log_stream: io
 
 @pytest.fixture
 def app(
-    orthanc: services.OrthancService, pg_schema: str, tmp_path: Path, log_stream: io.StringIO
+    orthanc: processes.OrthancService, pg_schema: str, tmp_path: Path, log_stream: io.StringIO
 ) -> Iterator[Flask]:
     app = make_app(orthanc.url, pg_schema, tmp_path, log_stream)
     with app.app_context():
@@ -109,7 +109,7 @@ def orthanc_has_instance(orthanc_url: str, sop_uid: str) -> bool:
 
 
 def test_stow_with_a_token_puts_the_study_in_the_album(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     album_id, label = new_album()
     issued = issue(album_id, max_uses=2)
@@ -145,7 +145,7 @@ def test_stow_with_a_token_puts_the_study_in_the_album(
 
 
 def test_zip_upload_puts_the_study_in_the_album(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     album_id, label = new_album()
     issued = issue(album_id)
@@ -168,7 +168,7 @@ def test_zip_upload_puts_the_study_in_the_album(
 
 
 def test_revoked_token_is_refused_and_orthanc_unchanged(
-    app: Flask, orthanc: services.OrthancService
+    app: Flask, orthanc: processes.OrthancService
 ) -> None:
     album_id, _ = new_album()
     issued = issue(album_id)
@@ -189,7 +189,7 @@ def test_revoked_token_is_refused_and_orthanc_unchanged(
 def test_orthanc_stopping_before_labelling_leaves_a_pending_label_that_is_retried(
     testenv_state: Path, pg_schema: str, tmp_path: Path, log_stream: io.StringIO
 ) -> None:
-    private = services.start_orthanc(testenv_state / "orthanc-upload", services.free_port())
+    private = processes.start_orthanc(testenv_state / "orthanc-upload", processes.free_port())
     try:
         app = make_app(private.url, pg_schema, tmp_path, log_stream)
         with app.app_context():
@@ -244,12 +244,12 @@ def gunicorn_env() -> dict[str, str]:
 
 @pytest.fixture
 def served(
-    orthanc: services.OrthancService,
+    orthanc: processes.OrthancService,
     pg_schema: str,
     tmp_path: Path,
     log_stream: io.StringIO,
     gunicorn_env: dict[str, str],
-) -> Iterator[tuple[Flask, services.Service]]:
+) -> Iterator[tuple[Flask, processes.Service]]:
     """The app in-process (to make albums and tokens) and the same app under gunicorn."""
     app = make_app(orthanc.url, pg_schema, tmp_path, log_stream)
     settings = app.extensions["authsvc"].settings
@@ -263,7 +263,7 @@ def served(
         "AUTHSVC_ALBUM_LABEL_PREFIX": settings.album_label_prefix,
         **gunicorn_env,
     }
-    server = services.start_gunicorn_app(tmp_path / "gunicorn", services.free_port(), env)
+    server = processes.start_gunicorn_app(tmp_path / "gunicorn", processes.free_port(), env)
     with app.app_context(), server:
         yield app, server
         db.session.remove()
@@ -271,7 +271,7 @@ def served(
 
 
 def test_dicomweb_client_stores_into_the_album_through_gunicorn(
-    served: tuple[Flask, services.Service], orthanc: services.OrthancService
+    served: tuple[Flask, processes.Service], orthanc: processes.OrthancService
 ) -> None:
     from dicomweb_client.api import DICOMwebClient
 
@@ -294,7 +294,7 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
 
     # 3D Slicer's DICOMweb send takes only an address: the token rides in its user info.
     slicer_like = DICOMwebClient(
-        url=f"http://token:{issued.token}@{services.LOOPBACK}:{server.port}"
+        url=f"http://token:{issued.token}@{processes.LOOPBACK}:{server.port}"
         f"/dicom-web/albums/{album_id}"
     )
     more = [pydicom.dcmread(io.BytesIO(data)) for data in make_study(n_instances=2)]
@@ -333,7 +333,7 @@ class TestLongUploads:
         return {"AUTHSVC_WORKER_TIMEOUT": "5", "AUTHSVC_THREADS": request.param}
 
     def test_a_slow_client_outlives_the_worker_timeout(
-        self, served: tuple[Flask, services.Service], orthanc: services.OrthancService
+        self, served: tuple[Flask, processes.Service], orthanc: processes.OrthancService
     ) -> None:
         import time
 

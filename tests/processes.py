@@ -7,6 +7,8 @@ and nothing else on the machine is touched. ``scripts/testenv/setup.sh`` install
 a missing one raises :class:`ServiceError` (tests must fail, never skip, when it happens).
 
 This module holds no pytest fixtures; ``tests/integration/conftest.py`` builds them from it.
+It is named for what it starts, processes, so that it is never mistaken for (or imported in
+place of) ``authsvc.services``, the app's registry of collaborators.
 """
 
 from __future__ import annotations
