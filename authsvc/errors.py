@@ -11,15 +11,21 @@ and written to logs. Third-party exceptions are translated into these at the bou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from typing import Final
 
 
 class AuthsvcError(Exception):
-    """Base of every error authsvc reports to a caller."""
+    """Base of every error authsvc reports to a caller.
 
-    code: str = "internal-error"
-    status: int = 500
-    message: str = "An internal error occurred."
+    ``code``, ``status`` and ``message`` come from :data:`ERROR_TABLE` for the classes of this
+    module; a subclass elsewhere (the upload errors) sets the ones it changes itself.
+    """
+
+    code: str
+    status: int
+    message: str
 
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         self.message = message or type(self).message
@@ -38,82 +44,43 @@ class AuthsvcError(Exception):
 
 
 class BadRequest(AuthsvcError):
-    """The request is malformed (400)."""
-
-    code = "bad-request"
-    status = 400
-    message = "The request is malformed."
+    """The request is malformed."""
 
 
 class InvalidJSON(BadRequest):
-    """The body is not valid JSON (400)."""
-
-    code = "invalid-json"
-    message = "The request body is not valid JSON."
+    """The body is not valid JSON."""
 
 
 class ValidationFailed(AuthsvcError):
-    """The request is well-formed but its fields are invalid (422); details list each field."""
-
-    code = "validation-failed"
-    status = 422
-    message = "Some fields are invalid."
+    """The request is well-formed but its fields are invalid; details list each field."""
 
 
 class Unauthenticated(AuthsvcError):
-    """No credentials, or credentials that cannot be verified (401)."""
-
-    code = "unauthenticated"
-    status = 401
-    message = "Authentication is required."
+    """No credentials, or credentials that cannot be verified."""
 
 
 class Forbidden(AuthsvcError):
-    """The caller is known but the policy says no (403)."""
-
-    code = "forbidden"
-    status = 403
-    message = "You are not allowed to do this."
+    """The caller is known but the policy says no."""
 
 
 class NotFound(AuthsvcError):
-    """The resource does not exist, or the caller may not know that it does (404)."""
-
-    code = "not-found"
-    status = 404
-    message = "Not found."
+    """The resource does not exist, or the caller may not know that it does."""
 
 
 class Conflict(AuthsvcError):
-    """The change conflicts with the current state, e.g. a stale version (409)."""
-
-    code = "conflict"
-    status = 409
-    message = "The resource was changed by someone else; reload and try again."
+    """The change conflicts with the current state, e.g. a stale version."""
 
 
 class PreconditionFailed(Conflict):
-    """An If-Match precondition did not hold (412)."""
-
-    code = "precondition-failed"
-    status = 412
-    message = "The resource version does not match If-Match."
+    """An If-Match precondition did not hold."""
 
 
 class PayloadTooLarge(AuthsvcError):
-    """The body exceeds a configured limit (413)."""
-
-    code = "payload-too-large"
-    status = 413
-    message = "The request body is too large."
+    """The body exceeds a configured limit."""
 
 
 class UnsupportedMediaType(AuthsvcError):
-    """The body's content type is not one this endpoint accepts (415)."""
-
-    code = "unsupported-media-type"
-    status = 415
-    message = "Unsupported content type."
+    """The body's content type is not one this endpoint accepts."""
 
 
 # --- token errors (translated from crypto / JWT libraries) -------------------------------
@@ -122,72 +89,17 @@ class UnsupportedMediaType(AuthsvcError):
 class TokenInvalid(Unauthenticated):
     """A token is malformed, tampered with, of the wrong kind, or signed by an unknown key."""
 
-    code = "token-invalid"
-    message = "The token is invalid."
-
 
 class TokenExpired(TokenInvalid):
     """A token was valid but its lifetime is over (or has not begun)."""
-
-    code = "token-expired"
-    message = "The token has expired."
 
 
 class TokenRevoked(TokenInvalid):
     """A token was revoked or has used up its allowed uses."""
 
-    code = "token-revoked"
-    message = "The token has been revoked."
-
 
 class CredentialSuspended(TokenRevoked):
     """A credential is authentic but its maker no longer backs it (lost the role, disabled)."""
-
-    code = "credential-suspended"
-    message = "The credential no longer works: its maker lost the rights it needs."
-
-
-# --- 5xx: a dependency failed --------------------------------------------------------------
-
-
-class DependencyUnavailable(AuthsvcError):
-    """A dependency (database, Orthanc, OIDC provider) cannot be reached (503)."""
-
-    code = "dependency-unavailable"
-    status = 503
-    message = "A service authsvc depends on is unavailable; try again later."
-
-
-class OrthancUnavailable(DependencyUnavailable):
-    """Orthanc cannot be reached or timed out (503)."""
-
-    code = "orthanc-unavailable"
-    message = "Orthanc is unavailable; try again later."
-
-
-class OrthancError(AuthsvcError):
-    """Orthanc answered, but with an error the caller should know about (502)."""
-
-    code = "orthanc-error"
-    status = 502
-    message = "Orthanc refused the request."
-
-    def __init__(
-        self, message: str | None = None, *, details: Any = None, orthanc_status: int | None = None
-    ) -> None:
-        super().__init__(message, details=details)
-        self.orthanc_status = orthanc_status
-
-
-class IdentityProviderUnavailable(DependencyUnavailable):
-    """The OIDC provider (Keycloak) cannot be reached (503)."""
-
-    code = "oidc-unavailable"
-    message = "The identity provider is unavailable; try again later."
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or invalid; the message names the key. Stops start-up."""
 
 
 class ShareTokenExpired(TokenExpired):
@@ -199,3 +111,82 @@ class ShareTokenExpired(TokenExpired):
         super().__init__(message, details=details)
         # Not secret: the plugin's decode answer reports the type of an expired link.
         self.token_type = token_type
+
+
+# --- 5xx: a dependency failed --------------------------------------------------------------
+
+
+class DependencyUnavailable(AuthsvcError):
+    """A dependency (database, Orthanc, OIDC provider) cannot be reached."""
+
+
+class OrthancUnavailable(DependencyUnavailable):
+    """Orthanc cannot be reached or timed out."""
+
+
+class OrthancError(AuthsvcError):
+    """Orthanc answered, but with an error the caller should know about."""
+
+    def __init__(
+        self, message: str | None = None, *, details: Any = None, orthanc_status: int | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.orthanc_status = orthanc_status
+
+
+class IdentityProviderUnavailable(DependencyUnavailable):
+    """The OIDC provider (Keycloak) cannot be reached."""
+
+
+#: The error contract in one table: each class's stable ``code``, HTTP ``status`` and default
+#: ``message``. A class not named here keeps its parent's (``ShareTokenExpired``).
+ERROR_TABLE: Final[Mapping[type[AuthsvcError], tuple[str, int, str]]] = {
+    AuthsvcError: ("internal-error", 500, "An internal error occurred."),
+    BadRequest: ("bad-request", 400, "The request is malformed."),
+    InvalidJSON: ("invalid-json", 400, "The request body is not valid JSON."),
+    ValidationFailed: ("validation-failed", 422, "Some fields are invalid."),
+    Unauthenticated: ("unauthenticated", 401, "Authentication is required."),
+    Forbidden: ("forbidden", 403, "You are not allowed to do this."),
+    NotFound: ("not-found", 404, "Not found."),
+    Conflict: ("conflict", 409, "The resource was changed by someone else; reload and try again."),
+    PreconditionFailed: (
+        "precondition-failed",
+        412,
+        "The resource version does not match If-Match.",
+    ),
+    PayloadTooLarge: ("payload-too-large", 413, "The request body is too large."),
+    UnsupportedMediaType: ("unsupported-media-type", 415, "Unsupported content type."),
+    TokenInvalid: ("token-invalid", 401, "The token is invalid."),
+    TokenExpired: ("token-expired", 401, "The token has expired."),
+    TokenRevoked: ("token-revoked", 401, "The token has been revoked."),
+    CredentialSuspended: (
+        "credential-suspended",
+        401,
+        "The credential no longer works: its maker lost the rights it needs.",
+    ),
+    DependencyUnavailable: (
+        "dependency-unavailable",
+        503,
+        "A service authsvc depends on is unavailable; try again later.",
+    ),
+    OrthancUnavailable: ("orthanc-unavailable", 503, "Orthanc is unavailable; try again later."),
+    OrthancError: ("orthanc-error", 502, "Orthanc refused the request."),
+    IdentityProviderUnavailable: (
+        "oidc-unavailable",
+        503,
+        "The identity provider is unavailable; try again later.",
+    ),
+}
+
+
+def _apply(table: Mapping[type[AuthsvcError], tuple[str, int, str]]) -> None:
+    """Give each class its row, so ``raise NotFound()`` and ``NotFound.status`` read the table."""
+    for error, (code, status, message) in table.items():
+        error.code, error.status, error.message = code, status, message
+
+
+_apply(ERROR_TABLE)
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the key. Stops start-up."""
