@@ -21,27 +21,43 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from authsvc.errors import AuthsvcError
+from authsvc.errors import BadRequest
 from authsvc.errors import DependencyUnavailable
+from authsvc.errors import Forbidden
+from authsvc.errors import PayloadTooLarge
+from authsvc.errors import Unauthenticated
+from authsvc.errors import UnsupportedMediaType
 from authsvc.extensions import db
 
 log = logging.getLogger(__name__)
 
-# Werkzeug's exceptions mapped to our stable codes and plain-words messages.
+# Werkzeug's exceptions answer with the code and message of the authsvc error of their status
+# (ERROR_TABLE), so a 415 reads the same whichever of the two raised it...
+_HTTP_ERRORS: dict[int, type[AuthsvcError]] = {
+    error.status: error
+    for error in (BadRequest, Unauthenticated, Forbidden, PayloadTooLarge, UnsupportedMediaType)
+}
+# ...and these for the statuses no authsvc error has. A 404 from routing says that nothing is
+# at the address, which NotFound's "Not found." (a resource) does not.
 _HTTP_CODES = {
-    400: ("bad-request", "The request is malformed."),
-    401: ("unauthenticated", "Authentication is required."),
-    403: ("forbidden", "You are not allowed to do this."),
     404: ("not-found", "There is nothing at this address."),
     405: ("method-not-allowed", "This method is not allowed here."),
     406: ("not-acceptable", "No acceptable representation."),
     408: ("request-timeout", "The request took too long to arrive."),
     411: ("length-required", "A Content-Length or chunked body is required."),
-    413: ("payload-too-large", "The request body is too large."),
     414: ("uri-too-long", "The URL is too long."),
-    415: ("unsupported-media-type", "Unsupported content type."),
     417: ("expectation-failed", "The Expect header cannot be met."),
     429: ("too-many-requests", "Too many requests; slow down."),
 }
+
+
+def _http_code(status: int, name: str) -> tuple[str, str]:
+    """Return the code and message a Werkzeug exception of ``status`` answers with."""
+    error = _HTTP_ERRORS.get(status)
+    if error is not None:
+        return error.code, error.message
+    return _HTTP_CODES.get(status, ("http-error", name))
+
 
 # Paths whose callers are browsers; everything else answers JSON.
 HTML_PREFIXES = ("/admin", "/login", "/logout", "/auth/callback")
@@ -90,7 +106,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Response:
         status = exc.code or 500
-        code, message = _HTTP_CODES.get(status, ("http-error", exc.name))
+        code, message = _http_code(status, exc.name)
         response = render_error(status, code, message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
