@@ -7,6 +7,7 @@ tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -73,6 +74,23 @@ def _make_app(config: dict[str, Any], log_stream: io.StringIO) -> Flask:
     return app
 
 
+@contextlib.contextmanager
+def running_app(config: dict[str, Any], log_stream: io.StringIO) -> Iterator[Flask]:
+    """An app built by ``_make_app`` whose session and connections are closed on leaving.
+
+    Fixtures that build their own settings (or enter a requests mock first) use it, so that no
+    test, passed or failed, leaves a SQLite handle or a connection to its dropped PostgreSQL
+    schema behind.
+    """
+    app = _make_app(config, log_stream)
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 @pytest.fixture
 def extra_config() -> dict[str, Any]:
     """Settings a test module adds to ``app``/``db_app`` (override this fixture in the module)."""
@@ -82,10 +100,8 @@ def extra_config() -> dict[str, Any]:
 @pytest.fixture
 def app(tmp_path: Any, log_stream: io.StringIO, extra_config: dict[str, Any]) -> Iterator[Flask]:
     """A fresh app on its own SQLite file."""
-    app = _make_app(base_config(tmp_path, **extra_config), log_stream)
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    with running_app(base_config(tmp_path, **extra_config), log_stream) as app:
+        yield app
 
 
 @pytest.fixture
@@ -122,11 +138,8 @@ def db_app(
     config = base_config(tmp_path, **extra_config)
     if request.param == "postgresql":
         config["database_url"] = request.getfixturevalue("pg_schema")
-    app = _make_app(config, log_stream)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    with running_app(config, log_stream) as app:
+        yield app
 
 
 @pytest.fixture

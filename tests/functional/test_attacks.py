@@ -41,13 +41,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from authsvc import albums
-from authsvc import create_app
-from authsvc import logs
 from authsvc.albums import Caller
 from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.api_keys import parse_api_key
 from authsvc.credentials.sealing import generate_key
-from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.models import AlbumMember
@@ -61,6 +58,7 @@ from authsvc.policy import Actor
 from tests import oidc
 from tests.conftest import INSECURE_SECRET_KEY
 from tests.conftest import base_config
+from tests.conftest import running_app
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeStudy
@@ -275,14 +273,8 @@ def _world(
     with rm.Mocker() as mock:
         oidc.mock_idp(mock)
         orthanc = UploadingOrthanc(mock)
-        app = create_app(config)
-        logs.configure("debug", "text", stream=log_stream)
-        with app.app_context():
-            init_db(db.engine)
-        yield _build(app, orthanc, mock, log_stream)
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        with running_app(config, log_stream) as app:
+            yield _build(app, orthanc, mock, log_stream)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -576,10 +568,7 @@ def test_confusion_tokens_of_another_deployment_are_refused(
         upload_token_keys=generate_key("t1"),
         share_token_keys=generate_key("s1"),
     )
-    other = create_app(other_config)
-    with other.app_context():
-        init_db(db.engine)
-    try:
+    with running_app(other_config, log_stream) as other:
         y = _build(other, world.orthanc, world.mock, log_stream)
         for kind in ("upload", "read", "share"):
             token = y.tokens[kind]
@@ -587,9 +576,6 @@ def test_confusion_tokens_of_another_deployment_are_refused(
             assert world.validate(token, world.b) is False
             headers = {"Authorization": f"Bearer {token}"}
             assert world.upload(world.album_b, headers).status_code == 401
-    finally:
-        with other.app_context():
-            db.engine.dispose()
 
 
 # --- JWT attacks ------------------------------------------------------------------------------

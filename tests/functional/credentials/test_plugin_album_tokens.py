@@ -15,15 +15,12 @@ import pytest
 import requests_mock as rm
 
 from authsvc import albums
-from authsvc import create_app
-from authsvc import logs
 from authsvc.albums import Caller
 from authsvc.credentials.sealing import generate_key
-from authsvc.database import init_db
-from authsvc.extensions import db
 from authsvc.policy import Actor
 from tests import oidc
 from tests.conftest import base_config
+from tests.conftest import running_app
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 from tests.plugin_client import PLUGIN_PASSWORD
@@ -55,18 +52,13 @@ def world(
     with rm.Mocker() as mock:
         oidc.mock_idp(mock)
         fake = FakeOrthanc(mock)
-        app = create_app(config)
-        logs.configure("debug", "text", stream=log_stream)
-        with app.app_context():
-            init_db(db.engine)
-            study = fake.add_study("1.2.840.7")
-            album = albums.create_album(ADMIN, "Lab").album
-            albums.add_studies(ADMIN, album.id, [study.id])
-            world = {"app": app, "album": album.id, "label": album.label, "study": study}
-        yield world
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        with running_app(config, log_stream) as app:
+            with app.app_context():
+                study = fake.add_study("1.2.840.7")
+                album = albums.create_album(ADMIN, "Lab").album
+                albums.add_studies(ADMIN, album.id, [study.id])
+                world = {"app": app, "album": album.id, "label": album.label, "study": study}
+            yield world
 
 
 def _validate(plugin: PluginClient, token: str, labels: list[str], method: str = "get") -> bool:

@@ -19,16 +19,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from authsvc import albums
-from authsvc import create_app
-from authsvc import logs
 from authsvc.albums import Caller
 from authsvc.credentials.sealing import generate_key
-from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import AuditEvent
 from authsvc.policy import Actor
 from tests import oidc
 from tests.conftest import base_config
+from tests.conftest import running_app
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 from tests.fake_orthanc import FakeStudy
@@ -58,14 +56,8 @@ def gate_app(
     with rm.Mocker() as mock:
         oidc.mock_idp(mock)
         fake = FakeOrthanc(mock)
-        app = create_app(config)
-        logs.configure("debug", "text", stream=log_stream)
-        with app.app_context():
-            init_db(db.engine)
-        yield app, fake, mock
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        with running_app(config, log_stream) as app:
+            yield app, fake, mock
 
 
 @pytest.fixture
@@ -145,19 +137,14 @@ def test_only_a_yes_to_a_read_may_be_reused_by_nginx(world: dict[str, Any]) -> N
     assert upload.headers["X-Accel-Expires"] == "0"
 
 
-def test_gate_cache_seconds_zero_turns_reuse_off(tmp_path: Any) -> None:
+def test_gate_cache_seconds_zero_turns_reuse_off(tmp_path: Any, log_stream: io.StringIO) -> None:
     config = base_config(tmp_path, orthanc_url=URL, gate_cache_seconds=0, **oidc.oidc_config())
     with rm.Mocker() as mock:
         oidc.mock_idp(mock)
-        app = create_app(config)
-        with app.app_context():
-            init_db(db.engine)
-        answer = gate(app.test_client(), "GET", "/ui/app/index.html")
-        assert answer.status_code == 200
-        assert answer.headers["X-Accel-Expires"] == "0"
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        with running_app(config, log_stream) as app:
+            answer = gate(app.test_client(), "GET", "/ui/app/index.html")
+            assert answer.status_code == 200
+            assert answer.headers["X-Accel-Expires"] == "0"
 
 
 def test_anonymous_is_401_and_static_passes(world: dict[str, Any]) -> None:
