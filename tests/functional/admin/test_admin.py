@@ -45,15 +45,22 @@ DISCOVERY = {
 CSRF = "csrf-token-of-the-test-session"
 
 
+# What the admin pages need to sign people in through the faked provider and list studies;
+# the other modules that drive the pages build their settings on it.
+SIGN_IN_CONFIG: dict[str, Any] = {
+    "orthanc_url": URL,
+    "orthanc_retries": 0,
+    "oidc_issuer": ISSUER,
+    "oidc_client_id": "authsvc",
+    "admin_client_secret": "insecure-test-admin-client-secret",
+    "admin_roles": "admin",
+}
+
+
 @pytest.fixture
 def extra_config() -> dict[str, Any]:
     return {
-        "orthanc_url": URL,
-        "orthanc_retries": 0,
-        "oidc_issuer": ISSUER,
-        "oidc_client_id": "authsvc",
-        "admin_client_secret": "insecure-test-admin-client-secret",
-        "admin_roles": "admin",
+        **SIGN_IN_CONFIG,
         "study_viewers": '[{"name": "OHIF", "url": "https://viewer.test/?uid={StudyInstanceUID}"}]',
     }
 

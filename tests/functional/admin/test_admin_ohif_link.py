@@ -12,7 +12,7 @@ from flask import Flask
 
 from tests.fake_orthanc import FakeOrthanc
 from tests.functional.admin.test_admin import ROOT
-from tests.functional.admin.test_admin import extra_config as admin_config
+from tests.functional.admin.test_admin import SIGN_IN_CONFIG
 from tests.functional.admin.test_admin import make_album
 from tests.functional.admin.test_admin import mock  # noqa: F401 (fixture)
 from tests.functional.admin.test_admin import orthanc  # noqa: F401 (fixture)
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.functional
 def extra_config() -> dict[str, Any]:
     # The admin tests' settings, with no configured viewers: OHIF's link comes from the root.
     return {
-        **admin_config.__wrapped__(),
+        **SIGN_IN_CONFIG,
         "public_ohif_root": "https://pacs.test/ohif",
         "study_viewers": "[]",
     }

@@ -36,13 +36,13 @@ from authsvc.models import UploadToken
 from authsvc.models import utcnow
 from authsvc.policy import Allowed
 from authsvc.policy import Denied
-from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 from tests.functional.admin.test_admin import ALICE
 from tests.functional.admin.test_admin import BOB
 from tests.functional.admin.test_admin import DISCOVERY
 from tests.functional.admin.test_admin import ISSUER
 from tests.functional.admin.test_admin import ROOT
+from tests.functional.admin.test_admin import SIGN_IN_CONFIG
 from tests.functional.admin.test_admin import make_album
 from tests.functional.admin.test_admin import post
 from tests.functional.admin.test_admin import sign_in
@@ -57,14 +57,7 @@ pytestmark = pytest.mark.functional
 
 @pytest.fixture
 def extra_config() -> dict[str, Any]:
-    return {
-        "orthanc_url": URL,
-        "orthanc_retries": 0,
-        "oidc_issuer": ISSUER,
-        "oidc_client_id": "authsvc",
-        "admin_client_secret": "insecure-test-admin-client-secret",
-        "admin_roles": "admin",
-    }
+    return dict(SIGN_IN_CONFIG)
 
 
 @pytest.fixture
