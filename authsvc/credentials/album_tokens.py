@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
+from functools import partial
 from typing import Final
 
 from authsvc.credentials.sealing import ANY_SERVER
@@ -70,8 +71,8 @@ def _require_text(name: str, value: object) -> str:
 
 def issue_album_token(
     ring: KeyRing,
-    purpose: Purpose,
     *,
+    purpose: Purpose,
     token_id: str,
     album_id: str,
     server_id: str | None,
@@ -103,9 +104,9 @@ def issue_album_token(
 
 def open_album_token(
     ring: KeyRing,
-    purpose: Purpose,
     token: str,
     *,
+    purpose: Purpose,
     now: datetime,
     expected_server_id: ExpectedServer = ANY_SERVER,
 ) -> AlbumTokenClaims:
@@ -145,77 +146,15 @@ def open_album_token(
     )
 
 
-def issue_upload_token(
-    ring: KeyRing,
-    *,
-    token_id: str,
-    album_id: str,
-    server_id: str | None,
-    issuer: str,
-    lifetime: timedelta,
-    now: datetime,
-) -> str:
-    """Seal an upload token for one album (see :func:`issue_album_token`)."""
-    return issue_album_token(
-        ring,
-        Purpose.UPLOAD,
-        token_id=token_id,
-        album_id=album_id,
-        server_id=server_id,
-        issuer=issuer,
-        lifetime=lifetime,
-        now=now,
-    )
-
+# Each purpose's pair is the generic pair with the purpose bound: one body serves both kinds.
+#: Seal an upload token for one album (see :func:`issue_album_token`).
+issue_upload_token = partial(issue_album_token, purpose=Purpose.UPLOAD)
+#: Verify an upload token (see :func:`open_album_token`); check its DB row next.
+open_upload_token = partial(open_album_token, purpose=Purpose.UPLOAD)
+#: Seal an album-read token for one album (see :func:`issue_album_token`).
+issue_album_read_token = partial(issue_album_token, purpose=Purpose.ALBUM_READ)
+#: Verify an album-read token (see :func:`open_album_token`); check its DB row next.
+open_album_read_token = partial(open_album_token, purpose=Purpose.ALBUM_READ)
 
 #: The short name the design notes use: ``upload_tokens.issue(...)`` (this module's former name).
 issue = issue_upload_token
-
-
-def open_upload_token(
-    ring: KeyRing,
-    token: str,
-    *,
-    now: datetime,
-    expected_server_id: ExpectedServer = ANY_SERVER,
-) -> UploadTokenClaims:
-    """Verify an upload token (see :func:`open_album_token`); check its DB row next."""
-    return open_album_token(
-        ring, Purpose.UPLOAD, token, now=now, expected_server_id=expected_server_id
-    )
-
-
-def issue_album_read_token(
-    ring: KeyRing,
-    *,
-    token_id: str,
-    album_id: str,
-    server_id: str | None,
-    issuer: str,
-    lifetime: timedelta,
-    now: datetime,
-) -> str:
-    """Seal an album-read token for one album (see :func:`issue_album_token`)."""
-    return issue_album_token(
-        ring,
-        Purpose.ALBUM_READ,
-        token_id=token_id,
-        album_id=album_id,
-        server_id=server_id,
-        issuer=issuer,
-        lifetime=lifetime,
-        now=now,
-    )
-
-
-def open_album_read_token(
-    ring: KeyRing,
-    token: str,
-    *,
-    now: datetime,
-    expected_server_id: ExpectedServer = ANY_SERVER,
-) -> AlbumTokenClaims:
-    """Verify an album-read token (see :func:`open_album_token`); check its DB row next."""
-    return open_album_token(
-        ring, Purpose.ALBUM_READ, token, now=now, expected_server_id=expected_server_id
-    )

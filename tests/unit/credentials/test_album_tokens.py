@@ -120,7 +120,7 @@ def test_generic_functions_refuse_the_share_purpose() -> None:
     with pytest.raises(ValueError):
         album_tokens.issue_album_token(
             RING,
-            Purpose.SHARE,
+            purpose=Purpose.SHARE,
             token_id="t",
             album_id="a",
             server_id=None,
@@ -129,7 +129,7 @@ def test_generic_functions_refuse_the_share_purpose() -> None:
             now=NOW,
         )
     with pytest.raises(ValueError):
-        album_tokens.open_album_token(RING, Purpose.SHARE, make(), now=NOW)
+        album_tokens.open_album_token(RING, make(), purpose=Purpose.SHARE, now=NOW)
 
 
 def test_wrong_key_is_invalid() -> None:
