@@ -16,6 +16,7 @@ Who may do what is decided by :func:`authsvc.policy.decide` (account rules); the
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -113,15 +114,25 @@ def check_roles(value: Any, *, allowed: Iterable[str], what: str) -> list[str]:
 
 
 def create_key(
-    *,
     creator: Identity,
-    name: str,
-    roles: list[str],
-    expires_at: dt.datetime | None,
+    *,
+    name: Any,
+    expires_in_days: Any,
     service: bool,
+    roles: Callable[[], list[str]],
     now: dt.datetime,
 ) -> NewApiKey:
-    """Create a user or service-account key and audit it; the caller commits."""
+    """Check a new key's name, expiry and roles, create the key and audit it; the caller commits.
+
+    ``POST /api/api-keys`` and the admin page differ only in how they read and limit the
+    roles: ``roles`` does that (raising ValidationFailed) once the name and expiry have passed,
+    so both report a key's problems in the same order and create it the same way.
+
+    :raise ValidationFailed: a bad name, expiry (``expires_in_days``: None for never) or roles.
+    """
+    name = check_name(name)
+    expires_at = check_expiry(expires_in_days, now)
+    held = roles()
     generated = generate_api_key(API_KEY_PREFIX)
     if service:
         owner_subject, owner_username = f"api-key:{generated.key_id}", name
@@ -135,7 +146,7 @@ def create_key(
         kind=SERVICE_KIND if service else USER_KIND,
         owner_subject=owner_subject,
         owner_username=owner_username,
-        roles=roles,
+        roles=held,
         created_by=actor_tag(creator),
         created_at=now,
         expires_at=expires_at,
@@ -149,7 +160,7 @@ def create_key(
         {
             "name": name,
             "kind": row.kind,
-            "roles": roles,
+            "roles": held,
             "expires_at": expires_at.isoformat() if expires_at else None,
         },
     )

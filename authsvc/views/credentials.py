@@ -107,34 +107,32 @@ def create_api_key() -> tuple[Response, int]:
             target=Target(token_issued_by_actor=True),
         )
     )
-    now = utcnow()
-    name = api_key_records.check_name(body.get("name"))
-    expires_at = api_key_records.check_expiry(body.get("expires_in_days"), now)
     authenticator = services().authenticator
-    if service:
-        if "roles" not in body:
-            raise ValidationFailed(
-                details=[{"field": "roles", "message": "a service-account key needs roles"}]
+
+    def roles() -> list[str]:
+        if service:
+            if "roles" not in body:
+                raise ValidationFailed(
+                    details=[{"field": "roles", "message": "a service-account key needs roles"}]
+                )
+            return api_key_records.check_roles(
+                body["roles"], allowed=authenticator.assignable_roles(), what="unknown roles"
             )
-        roles = api_key_records.check_roles(
-            body["roles"], allowed=authenticator.assignable_roles(), what="unknown roles"
-        )
-    else:
         # A user's key holds the user's configured roles, or fewer: never more.
         held_names = authenticator.key_roles_held(identity)
-        roles = (
-            sorted(held_names)
-            if "roles" not in body
-            else api_key_records.check_roles(
-                body["roles"], allowed=held_names, what="roles you do not hold"
-            )
+        if "roles" not in body:
+            return sorted(held_names)
+        return api_key_records.check_roles(
+            body["roles"], allowed=held_names, what="roles you do not hold"
         )
+
+    now = utcnow()
     created = api_key_records.create_key(
-        creator=identity,
-        name=name,
-        roles=roles,
-        expires_at=expires_at,
+        identity,
+        name=body.get("name"),
+        expires_in_days=body.get("expires_in_days"),
         service=service,
+        roles=roles,
         now=now,
     )
     db.session.commit()

@@ -101,30 +101,29 @@ def create_api_key() -> Response | WerkzeugResponse:
     action = Action.API_KEY_CREATE_SERVICE if service else Action.API_KEY_CREATE
     if not decide(actor, action, target=Target(token_issued_by_actor=True)):
         raise Forbidden("You may not create this kind of API key.")
-    now = dt.datetime.now(dt.UTC)
     authenticator = services().authenticator
-    try:
-        name = api_key_records.check_name(request.form.get("name", ""))
-        days = form_int("expires_in_days")
-        expires_at = api_key_records.check_expiry(days or None, now)
-        if service:
-            roles = api_key_records.check_roles(
-                request.form.getlist("roles"),
-                allowed=authenticator.assignable_roles(),
-                what="unknown roles",
-            )
-            if not roles:
-                raise ValidationFailed("Tick at least one role for the service account.")
-        else:
+
+    def roles() -> list[str]:
+        if not service:
             # The same rule as POST /api/api-keys: a user's key holds the user's roles, no more.
-            roles = sorted(authenticator.key_roles_held(identity))
+            return sorted(authenticator.key_roles_held(identity))
+        chosen = api_key_records.check_roles(
+            request.form.getlist("roles"),
+            allowed=authenticator.assignable_roles(),
+            what="unknown roles",
+        )
+        if not chosen:
+            raise ValidationFailed("Tick at least one role for the service account.")
+        return chosen
+
+    try:
         created = api_key_records.create_key(
-            creator=identity,
-            name=name,
-            roles=roles,
-            expires_at=expires_at,
+            identity,
+            name=request.form.get("name", ""),
+            expires_in_days=form_int("expires_in_days") or None,
             service=service,
-            now=now,
+            roles=roles,
+            now=dt.datetime.now(dt.UTC),
         )
         db.session.commit()
     except ValidationFailed as exc:
