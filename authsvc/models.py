@@ -287,7 +287,27 @@ class PendingLabel(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
-class UploadToken(db.Model):  # type: ignore[name-defined,misc]
+class _AlbumTokenRecord:
+    """The columns an upload token's and an album read token's rows share.
+
+    Both are sealed tokens for one album (:mod:`authsvc.credentials.album_tokens`) whose row
+    holds what the token cannot: who made it, when it was last used, and its revocation.
+    """
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    album_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
+    )
+    server_id: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class UploadToken(_AlbumTokenRecord, db.Model):  # type: ignore[name-defined,misc]
     """The record of one upload token; the sealed token itself is shown once, never stored.
 
     The token names this row's ``id`` (its ``jti``): revocation, expiry as issued, and use
@@ -298,39 +318,17 @@ class UploadToken(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "upload_token"
     __table_args__ = (Index("ix_upload_token_album_id", "album_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(Text, primary_key=True)
-    album_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
-    )
-    server_id: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    created_by: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
-    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     use_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
 
-class AlbumReadToken(db.Model):  # type: ignore[name-defined,misc]
+class AlbumReadToken(_AlbumTokenRecord, db.Model):  # type: ignore[name-defined,misc]
     """The record of one album read token (shown once, never stored): what can be revoked."""
 
     __tablename__ = "album_read_token"
     __table_args__ = (Index("ix_album_read_token_album_id", "album_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(Text, primary_key=True)
-    album_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("album.id", ondelete="CASCADE"), nullable=False
-    )
-    server_id: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    created_by: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    revoked_by: Mapped[str | None] = mapped_column(Text, nullable=True)
-    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     note: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
 
