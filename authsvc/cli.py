@@ -178,8 +178,8 @@ def main_config_doc(fmt: str) -> None:
     Markdown: the table to paste between the config-table markers of docs/configuration.md;
     toml: the content of config/authsvc.example.toml.
     """
-    from authsvc.config import example_toml
-    from authsvc.config import markdown_table
+    from authsvc.config_doc import example_toml
+    from authsvc.config_doc import markdown_table
 
     click.echo(markdown_table() if fmt == "markdown" else example_toml(), nl=False)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from authsvc import config
+from authsvc import config_doc
 from authsvc.config import Environment
 from authsvc.config import load_settings
 from authsvc.errors import ConfigError
@@ -179,7 +180,7 @@ def test_postgres_url_gets_the_psycopg_driver(tmp_path: Path) -> None:
 
 def test_every_key_is_documented_in_the_example_file() -> None:
     example = (ROOT / "config" / "authsvc.example.toml").read_text()
-    assert example == config.example_toml(), "run: authsvc config-doc --format toml"
+    assert example == config_doc.example_toml(), "run: authsvc config-doc --format toml"
     for key in config.KEYS:
         assert re.search(rf"^# {key} = ", example, re.M), key
 
@@ -188,7 +189,7 @@ def test_docs_configuration_table_matches_the_code() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
     start = page.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
     end = page.index("<!-- config-table:end -->")
-    assert page[start:end].strip() == config.markdown_table().strip(), (
+    assert page[start:end].strip() == config_doc.markdown_table().strip(), (
         "docs/configuration.md table is stale: run `authsvc config-doc` and paste it there"
     )
 
