@@ -8,11 +8,11 @@ Layers, each overriding the one before:
 4. Docker secrets: ``AUTHSVC_<KEY>_FILE`` (any key) or ``/run/secrets/authsvc_<key>`` (secret keys);
 5. the mapping passed to ``create_app(config=...)`` (tests).
 
-Every value is converted where it is read, by the parser declared next to its field. A bad or
-missing value raises :class:`~authsvc.errors.ConfigError` whose message is one line naming the
-key; the CLI and the gunicorn config print that line and exit. :mod:`authsvc.config_doc`
-renders the settings reference (docs/configuration.md, config/authsvc.example.toml) from the
-fields below.
+Every value is converted where it is read, by the parser declared next to its field (the
+parsers are in :mod:`authsvc.config_parsers`). A bad or missing value raises
+:class:`~authsvc.errors.ConfigError` whose message is one line naming the key; the CLI and the
+gunicorn config print that line and exit. :mod:`authsvc.config_doc` renders the settings
+reference (docs/configuration.md, config/authsvc.example.toml) from the fields below.
 
 Secrets (``secret=True``) have no default in production. In development mode a missing secret is
 generated once, persisted in the data directory (so sessions survive restarts) and announced
@@ -33,8 +33,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from authsvc.album_labels import validate_prefix
-from authsvc.credentials.sealing import KeyRing
+from authsvc.config_parsers import parse_bind
+from authsvc.config_parsers import parse_bool
+from authsvc.config_parsers import parse_choice
+from authsvc.config_parsers import parse_database_url
+from authsvc.config_parsers import parse_float
+from authsvc.config_parsers import parse_int
+from authsvc.config_parsers import parse_json_list
+from authsvc.config_parsers import parse_key_ring
+from authsvc.config_parsers import parse_label_prefix
+from authsvc.config_parsers import parse_list
+from authsvc.config_parsers import parse_nonempty
+from authsvc.config_parsers import parse_service_key
+from authsvc.config_parsers import parse_str
+from authsvc.config_parsers import parse_url
 from authsvc.credentials.sealing import generate_key
 from authsvc.errors import ConfigError
 
@@ -52,161 +64,9 @@ class Environment(StrEnum):
     testing = "testing"
 
 
-# --- parsers: text (or a TOML value) -> typed value; raise ValueError with a short reason ----
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    return value
-
-
-def _nonempty(value: Any) -> str:
-    text = _str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _int(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        if isinstance(value, int):
-            number = value
-        else:
-            try:
-                number = int(_str(value).strip(), 10)
-            except ValueError:
-                raise ValueError("expected an integer") from None
-        if minimum is not None and number < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        if maximum is not None and number > maximum:
-            raise ValueError(f"must be at most {maximum}")
-        return number
-
-    return parse
-
-
-def _float(minimum: float = 0.0) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = float(value) if isinstance(value, int | float) else float(_str(value))
-        except ValueError:
-            raise ValueError("expected a number") from None
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return number
-
-    return parse
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = _str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError("expected true or false")
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
 def _env(value: Any) -> Environment:
-    return Environment(_choice(*[e.value for e in Environment])(value))
-
-
-def _url(value: Any) -> str:
-    text = _str(value).strip()
-    if not text:
-        return ""
-    if not (text.startswith("http://") or text.startswith("https://")):
-        raise ValueError("expected an http:// or https:// URL")
-    return text.rstrip("/")
-
-
-def _list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list | tuple):
-        items = [_str(v) for v in value]
-    else:
-        items = _str(value).split(",")
-    return tuple(item.strip() for item in items if item.strip())
-
-
-def _json_list(value: Any) -> tuple[dict[str, Any], ...]:
-    if isinstance(value, str):
-        if not value.strip():
-            return ()
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError("expected a JSON list of objects") from None
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ValueError("expected a list of objects")
-    return tuple(value)
-
-
-def _database_url(value: Any) -> str:
-    text = _str(value).strip()
-    if not text:
-        return ""
-    scheme = text.split(":", 1)[0]
-    if scheme not in {"sqlite", "postgresql", "postgres", "postgresql+psycopg"}:
-        raise ValueError("expected a sqlite:/// or postgresql:// URL")
-    return text
-
-
-def _label_prefix(value: Any) -> str:
-    try:
-        return validate_prefix(_str(value).strip())
-    except ConfigError:
-        raise ValueError(
-            "expected 1 to 32 characters of a-z, 0-9, _ and -, starting with a letter"
-        ) from None
-
-
-def _bind(value: Any) -> str:
-    text = _nonempty(value)
-    if text.startswith("unix:"):
-        return text
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected HOST:PORT or unix:PATH")
-    return text
-
-
-def _service_key(value: Any) -> str:
-    text = _str(value).strip()
-    if text and (len(text) < 32 or not text.isascii() or not text.isprintable()):
-        raise ValueError("must be at least 32 printable ASCII characters")
-    return text
-
-
-def _key_ring(value: Any) -> str:
-    text = _str(value).strip()
-    if text:
-        try:
-            KeyRing.from_text(text, setting="key ring")
-        except ConfigError as exc:
-            # The message names positions and key ids only, never key material.
-            raise ValueError(str(exc)) from None
-    return text
+    """Accept an environment's name, any case."""
+    return Environment(parse_choice(*[e.value for e in Environment])(value))
 
 
 def setting(
@@ -240,12 +100,12 @@ class Settings:
     )
     data_dir: str = setting(
         "instance",
-        _nonempty,
+        parse_nonempty,
         "Directory for the embedded SQLite database and development secrets.",
     )
     database_url: str = setting(
         "",
-        _database_url,
+        parse_database_url,
         "SQLAlchemy URL. Empty: SQLite file `authsvc.sqlite3` in `data_dir`. "
         "Production: `postgresql://user:pass@host/db`.",
         secret=True,
@@ -253,45 +113,51 @@ class Settings:
     )
     secret_key: str = setting(
         "",
-        _str,
+        parse_str,
         "Signs session cookies and CSRF tokens (32+ random bytes). Required in production.",
         secret=True,
         example="CHANGE-ME-generate-with-python-secrets-token-urlsafe-48",
     )
-    bind: str = setting("127.0.0.1:8000", _bind, "Address gunicorn listens on.")
-    workers: int = setting(2, _int(1, 64), "gunicorn worker processes.")
+    bind: str = setting("127.0.0.1:8000", parse_bind, "Address gunicorn listens on.")
+    workers: int = setting(2, parse_int(1, 64), "gunicorn worker processes.")
     threads: int = setting(
-        1, _int(1, 64), "Threads per worker (1: sync workers, the fastest for the plugin)."
+        1, parse_int(1, 64), "Threads per worker (1: sync workers, the fastest for the plugin)."
     )
-    worker_timeout: int = setting(60, _int(5, 3600), "Seconds before a stuck worker is recycled.")
-    log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "Log level.")
+    worker_timeout: int = setting(
+        60, parse_int(5, 3600), "Seconds before a stuck worker is recycled."
+    )
+    log_level: str = setting(
+        "info", parse_choice("debug", "info", "warning", "error"), "Log level."
+    )
     log_format: str = setting(
-        "text", _choice("text", "json"), "`text` for people, `json` for JSON lines."
+        "text", parse_choice("text", "json"), "`text` for people, `json` for JSON lines."
     )
     proxy_count: int = setting(
         0,
-        _int(0, 5),
+        parse_int(0, 5),
         "Number of trusted reverse proxies in front of authsvc that set X-Forwarded-* headers.",
     )
     max_body_bytes: int = setting(
-        1_048_576, _int(1024), "Largest JSON request body accepted, in bytes."
+        1_048_576, parse_int(1024), "Largest JSON request body accepted, in bytes."
     )
     orthanc_url: str = setting(
         "",
-        _url,
+        parse_url,
         "Base URL of the default Orthanc server (service access, not through nginx).",
         example="http://orthanc:8042",
     )
     orthanc_server_id: str = setting(
         "",
-        _str,
+        parse_str,
         "Id of that server, as the plugin's `WebServiceIdentifier` (empty: the plugin sends none).",
     )
-    orthanc_username: str = setting("", _str, "User authsvc uses to call Orthanc.")
-    orthanc_password: str = setting("", _str, "Password authsvc uses to call Orthanc.", secret=True)
+    orthanc_username: str = setting("", parse_str, "User authsvc uses to call Orthanc.")
+    orthanc_password: str = setting(
+        "", parse_str, "Password authsvc uses to call Orthanc.", secret=True
+    )
     orthanc_service_key: str = setting(
         "",
-        _service_key,
+        parse_service_key,
         "Key authsvc sends to an Orthanc that runs the authorization plugin, in the "
         "`orthanc_service_key_header`, and answers the plugin's profile request for with its own "
         "service profile (view, upload, edit-labels on every label). At least 32 characters.",
@@ -300,45 +166,45 @@ class Settings:
     )
     orthanc_service_key_header: str = setting(
         "api-key",
-        _nonempty,
+        parse_nonempty,
         "Header that carries `orthanc_service_key` (one of the plugin's `TokenHttpHeaders`).",
     )
     orthanc_servers: tuple[dict[str, Any], ...] = setting(
         (),
-        _json_list,
+        parse_json_list,
         "More Orthanc servers: JSON list of "
         '`{"id", "url", "username", "password", "service_key"}`.',
         secret=True,
         example="[]",
     )
     orthanc_timeout: float = setting(
-        10.0, _float(0.1), "Seconds before a call to Orthanc times out."
+        10.0, parse_float(0.1), "Seconds before a call to Orthanc times out."
     )
     orthanc_retries: int = setting(
-        2, _int(0, 10), "Retries of idempotent Orthanc calls after a connection failure."
+        2, parse_int(0, 10), "Retries of idempotent Orthanc calls after a connection failure."
     )
     album_label_prefix: str = setting(
         "album-",
-        _label_prefix,
+        parse_label_prefix,
         "Prefix of the Orthanc labels authsvc generates for albums (1-32 of `a-z0-9_-`, "
         "starting with a letter). Changing it orphans nothing: existing albums keep their label.",
     )
     oidc_issuer: str = setting(
         "",
-        _url,
+        parse_url,
         "Keycloak realm URL (the issuer); empty: no OIDC.",
         example="http://keycloak:8080/realms/orthanc",
     )
     oidc_client_id: str = setting(
         "",
-        _str,
+        parse_str,
         "Keycloak client whose client roles count (`resource_access.<client>.roles`); "
         "also an accepted audience and `azp`.",
         example="orthanc",
     )
     oidc_audiences: tuple[str, ...] = setting(
         (),
-        _list,
+        parse_list,
         "Accepted `aud` values (comma-separated). Empty: the client id and `account`. "
         "`account` (in every Keycloak client's tokens) only counts with an `azp` listed in "
         "`oidc_trusted_clients`.",
@@ -346,7 +212,7 @@ class Settings:
     )
     oidc_trusted_clients: tuple[str, ...] = setting(
         ("orthanc", "authsvc"),
-        _list,
+        parse_list,
         "Clients (`azp`) whose tokens are accepted when their only accepted audience is "
         "`account` (default: the clients of config/keycloak/orthanc-realm.json). `*`: any "
         "client of the realm, refused in production.",
@@ -354,93 +220,97 @@ class Settings:
     )
     oidc_discovery_url: str = setting(
         "",
-        _url,
+        parse_url,
         "Discovery document URL. Empty: `<oidc_issuer>/.well-known/openid-configuration`.",
     )
     oidc_jwks_url: str = setting(
         "",
-        _url,
+        parse_url,
         "JWKS URL, when the issuer URL is not reachable from authsvc. Empty: from discovery.",
     )
     oidc_algorithms: tuple[str, ...] = setting(
         ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384"),
-        _list,
+        parse_list,
         "Accepted JWT signature algorithms (asymmetric only; never `none` or HMAC).",
         example="RS256,ES256",
     )
     oidc_leeway: float = setting(
-        30.0, _float(0.0), "Seconds of clock skew tolerated on `exp`/`nbf`."
+        30.0, parse_float(0.0), "Seconds of clock skew tolerated on `exp`/`nbf`."
     )
     oidc_timeout: float = setting(
-        5.0, _float(0.1), "Seconds before a call to the OIDC provider (discovery, JWKS) times out."
+        5.0,
+        parse_float(0.1),
+        "Seconds before a call to the OIDC provider (discovery, JWKS) times out.",
     )
     admin_client_id: str = setting(
         "",
-        _str,
+        parse_str,
         "OIDC client of the admin pages (confidential, standard flow, PKCE). "
         "Empty: `oidc_client_id`.",
         example="authsvc-admin",
     )
     admin_client_secret: str = setting(
         "",
-        _str,
+        parse_str,
         "Secret of that client. Empty: the admin pages cannot sign anybody in.",
         secret=True,
         example="CHANGE-ME-client-secret-from-keycloak",
     )
     admin_cookie_secure: bool = setting(
         True,
-        _bool,
+        parse_bool,
         "Send the admin session cookie over HTTPS only. Set false only for plain-HTTP development.",
     )
     admin_session_lifetime: int = setting(
         28_800,
-        _int(300, 604_800),
+        parse_int(300, 604_800),
         "Seconds an admin-page sign-in lasts before the user must sign in again.",
     )
     admin_session_idle_timeout: int = setting(
         1_800,
-        _int(0, 604_800),
+        parse_int(0, 604_800),
         "Seconds without a request after which an admin-page sign-in ends (0: no idle limit).",
     )
     study_viewers: tuple[dict[str, Any], ...] = setting(
         (),
-        _json_list,
+        parse_json_list,
         "Viewers the album page links studies to: a list of `{name, url}` (JSON in the "
         "environment), the URL containing `{StudyInstanceUID}` (and optionally "
         "`{OrthancStudyId}`).",
         example='[{ name = "OHIF", url = "https://pacs.example/ohif/viewer?StudyInstanceUIDs='
         '{StudyInstanceUID}" }]',
     )
-    api_key_header: str = setting("api-key", _nonempty, "Request header that carries an API key.")
+    api_key_header: str = setting(
+        "api-key", parse_nonempty, "Request header that carries an API key."
+    )
     admin_roles: tuple[str, ...] = setting(
         (),
-        _list,
+        parse_list,
         "Roles (comma-separated) that make a global admin, besides any role granting `all`.",
         example="admin",
     )
     anonymous_roles: tuple[str, ...] = setting(
         (),
-        _list,
+        parse_list,
         "Roles from the roles configuration granted to callers without credentials "
         "(empty: anonymous callers get nothing).",
         example="",
     )
     roles_file: str = setting(
         "",
-        _str,
+        parse_str,
         "Roles file imported on first start when the database holds no roles configuration "
         "(orthanc-auth-service `permissions.json` format, comments allowed).",
         example="/etc/authsvc/permissions.json",
     )
     plugin_username: str = setting(
         "orthanc-plugin",
-        _nonempty,
+        parse_nonempty,
         "User name the Orthanc plugin sends (its `WebServiceUsername`) with HTTP Basic.",
     )
     plugin_password: str = setting(
         "",
-        _str,
+        parse_str,
         "Password the Orthanc plugin sends (its `WebServicePassword`). Empty: every plugin "
         "callback is refused (401).",
         secret=True,
@@ -448,12 +318,12 @@ class Settings:
     )
     plugin_validity: int = setting(
         60,
-        _int(1, 86_400),
+        parse_int(1, 86_400),
         "Seconds the plugin may cache a profile or a token decision (`validity`, never 0).",
     )
     share_token_keys: str = setting(
         "",
-        _key_ring,
+        parse_key_ring,
         "Key ring sealing share tokens (viewer publications, instant links): `kid:base64url` "
         "items, newest first. Empty in production: share tokens cannot be created.",
         secret=True,
@@ -461,57 +331,57 @@ class Settings:
     )
     share_token_max_lifetime: int = setting(
         31_536_000,
-        _int(0),
+        parse_int(0),
         "Longest share token lifetime in seconds (longer requests are shortened); 0: no limit.",
     )
     plugin_share_links: bool = setting(
         True,
-        _bool,
+        parse_bool,
         "Create share links asked for through the plugin's own `PUT /tokens/<type>`. The plugin "
         "does not say who asks, so such links belong to nobody and may name any study; with "
         "nginx routing OE2's requests to authsvc (nginx/plugin.conf.template), set false.",
     )
     share_token_never_expires: bool = setting(
         False,
-        _bool,
+        parse_bool,
         'Allow share links that never expire (OE2 "share duration 0") when there is no limit.',
     )
     legacy_share_secret: str = setting(
         "",
-        _str,
+        parse_str,
         "orthanc-auth-service's `SECRET_KEY`: its HS256 share links keep working (migration).",
         secret=True,
         example="CHANGE-ME-the-old-services-secret-key",
     )
     public_orthanc_root: str = setting(
         "",
-        _url,
+        parse_url,
         "Public URL of Orthanc for share links (Stone, Osimis, VolView, OE2 inbox page).",
         example="https://pacs.example.org/orthanc/",
     )
     public_landing_root: str = setting(
         "",
-        _url,
+        parse_url,
         "OE2 token landing page; when set, share links open it instead of the viewer.",
         example="https://pacs.example.org/orthanc/ui/app/token-landing.html",
     )
     public_ohif_root: str = setting(
         "",
-        _url,
+        parse_url,
         "Public URL of OHIF for OHIF share links.",
         example="https://pacs.example.org/ohif/",
     )
     ohif_data_source: str = setting(
         "dicom-web",
-        _choice("dicom-web", "dicom-json"),
+        parse_choice("dicom-web", "dicom-json"),
         "How shared OHIF links load studies: `dicom-web` or `dicom-json`.",
     )
     readiness_timeout: float = setting(
-        2.0, _float(0.1), "Seconds each dependency check of `/readyz` may take."
+        2.0, parse_float(0.1), "Seconds each dependency check of `/readyz` may take."
     )
     upload_token_keys: str = setting(
         "",
-        _key_ring,
+        parse_key_ring,
         "Key ring sealing upload and album-read tokens: `kid:base64url` items, newest first "
         "(`authsvc keys rotate`). Empty in production: upload tokens are refused.",
         secret=True,
@@ -519,24 +389,26 @@ class Settings:
     )
     upload_token_header: str = setting(
         "upload-token",
-        _nonempty,
+        parse_nonempty,
         "Request header that may carry an upload token (besides `Authorization: Bearer`).",
     )
     upload_token_default_lifetime: int = setting(
-        86_400, _int(60), "Seconds an upload token lives when the issuer names no lifetime."
+        86_400, parse_int(60), "Seconds an upload token lives when the issuer names no lifetime."
     )
     upload_token_max_lifetime: int = setting(
-        2_592_000, _int(60), "Longest upload token lifetime that may be requested, in seconds."
+        2_592_000, parse_int(60), "Longest upload token lifetime that may be requested, in seconds."
     )
     upload_max_bytes: int = setting(
-        4_294_967_296, _int(1024), "Largest upload request body (STOW-RS, DICOM or ZIP), in bytes."
+        4_294_967_296,
+        parse_int(1024),
+        "Largest upload request body (STOW-RS, DICOM or ZIP), in bytes.",
     )
     upload_max_instances: int = setting(
-        10_000, _int(1), "Most DICOM instances one upload request may carry."
+        10_000, parse_int(1), "Most DICOM instances one upload request may carry."
     )
     gate_cache_seconds: int = setting(
         5,
-        _int(0, 60),
+        parse_int(0, 60),
         "Seconds nginx may reuse an allowed gate decision for the same credentials and study "
         "(nginx/gate.conf.template); a revocation or removal reaches the gate within this "
         "time. 0: nginx asks on every request.",
