@@ -14,6 +14,7 @@ from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc.credentials import api_key_records
+from authsvc.credentials.records import lifetime_state
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
@@ -34,17 +35,10 @@ from authsvc.views.admin._common import shown_once
 _KEY_EXPIRY_CHOICES = ((30, "30 days"), (90, "90 days"), (365, "1 year"), (0, "never"))
 
 
-def _key_state(row: ApiKey) -> str:
-    if row.revoked_at is not None:
-        return "revoked"
-    if row.expires_at is not None and row.expires_at <= dt.datetime.now(dt.UTC):
-        return "expired"
-    return "active"
-
-
 def _key_entry(row: ApiKey) -> dict[str, Any]:
     """One row of the API keys page: state, and why a key in force is suspended."""
-    state, reason = _key_state(row), None
+    state: str = lifetime_state(row, dt.datetime.now(dt.UTC))
+    reason = None
     if state == "active" and row.kind == "user":
         backing = api_key_records.owner_backing(row.owner_subject)
         if not backing:

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc.credentials import api_key_records
 from authsvc.credentials import lifecycle
+from authsvc.credentials.records import lifetime_state
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
 from authsvc.identity import admin_sessions
@@ -49,11 +50,7 @@ def share_links() -> str:
     now = dt.datetime.now(dt.UTC)
     links = []
     for row in rows:
-        state = (
-            "revoked"
-            if row.revoked_at
-            else ("expired" if row.expires_at is not None and row.expires_at <= now else "active")
-        )
+        state = lifetime_state(row, now)
         studies = [
             str(r.get("dicom-uid") or r.get("orthanc-id") or "")
             for r in row.resources

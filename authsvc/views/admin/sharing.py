@@ -17,10 +17,13 @@ from authsvc import albums
 from authsvc.albums import access as album_access
 from authsvc.credentials import lifecycle
 from authsvc.credentials import upload_token_records
+from authsvc.credentials.records import lifetime_state
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
 from authsvc.identity import admin_sessions
+from authsvc.models import AlbumReadToken
+from authsvc.models import UploadToken
 from authsvc.policy import Action
 from authsvc.services import services
 from authsvc.views.admin import bp
@@ -38,17 +41,17 @@ _EXPIRY_CHOICES = (
 )
 
 
-def _token_state(row: Any) -> str:
-    """Return active / expired / revoked / used up, in words."""
-    now = dt.datetime.now(dt.UTC)
-    if row.revoked_at is not None:
-        return "revoked"
-    if row.expires_at <= now:
-        return "expired"
-    max_uses = getattr(row, "max_uses", None)
-    if max_uses is not None and getattr(row, "use_count", 0) >= max_uses:
+def _token_state(row: UploadToken | AlbumReadToken) -> str:
+    """Return active / expired / revoked (as every credential) or used up, in words."""
+    state: str = lifetime_state(row, dt.datetime.now(dt.UTC))
+    if (
+        state == "active"
+        and isinstance(row, UploadToken)
+        and row.max_uses is not None
+        and row.use_count >= row.max_uses
+    ):
         return "used up"
-    return "active"
+    return state
 
 
 def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
