@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 from flask import Flask
-from flask.cli import with_appcontext
 
 from authsvc.errors import ConfigError
 
@@ -30,72 +29,13 @@ def _fail_on_config_error(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.command("init-db")
-@with_appcontext
-def init_db_command() -> None:
-    """Create the database schema (or upgrade it to the newest version)."""
-    from authsvc import database
-    from authsvc.extensions import db
-
-    click.echo(database.init_db(db.engine))
-
-
-@click.command("migrate")
-@with_appcontext
-def migrate_command() -> None:
-    """Apply pending schema migrations."""
-    from authsvc import database
-    from authsvc.extensions import db
-
-    click.echo(database.migrate(db.engine))
-
-
-def run_reconcile(dry_run: bool) -> int:
-    """Run ``albums.reconcile`` in the current app context; print the report; return the exit code.
-
-    0: the database and Orthanc agree (after repair). 1: drift was found and not (all) repaired,
-    label changes are still pending, or Orthanc could not be asked.
-    """
-    from authsvc import albums
-
-    report = albums.reconcile(repair=not dry_run)
-    for drift in report.drifts:
-        click.echo(drift.describe())
-    for error in report.errors:
-        click.echo(f"error: {error}", err=True)
-    retried = report.retried
-    click.echo(
-        f"reconcile: {len(report.drifts)} difference(s), "
-        f"{sum(d.repaired for d in report.drifts)} repaired; pending labels: "
-        f"{retried.applied} applied, {retried.failed} failed, {retried.remaining} left"
-        + (" (dry run: nothing changed)" if dry_run else "")
-    )
-    unrepaired = any(not d.repaired for d in report.drifts)
-    return 1 if unrepaired or report.errors or retried.remaining else 0
-
-
-@click.command("reconcile")
-@click.option("--dry-run", is_flag=True, help="Report the drift without repairing it.")
-@with_appcontext
-def reconcile_command(dry_run: bool) -> None:
-    """Compare album records with Orthanc's labels, retry pending labels, repair drift."""
-    sys.exit(run_reconcile(dry_run))
-
-
-def init_app(app: Flask) -> None:
-    """Register the commands that need an app (also reachable through ``flask --app authsvc``)."""
-    app.cli.add_command(init_db_command)
-    app.cli.add_command(migrate_command)
-    app.cli.add_command(reconcile_command)
-
-
 @click.group()
 def main() -> None:
     """authsvc: authorization service for Orthanc."""
 
 
 def _app() -> Flask:
-    from authsvc import create_app
+    from authsvc.app import create_app
 
     return create_app()
 
@@ -131,6 +71,8 @@ def main_reconcile(dry_run: bool) -> None:
     Run it from cron (e.g. every 5 minutes): it is also what retries label changes that
     failed while Orthanc was unavailable. Exit status 0 when everything agrees.
     """
+    from authsvc.commands import run_reconcile
+
     with _app().app_context():
         code = run_reconcile(dry_run)
     sys.exit(code)
@@ -245,5 +187,11 @@ def main_serve(gunicorn_args: tuple[str, ...]) -> None:
 
     load_settings()  # fail here with one line, before gunicorn starts workers
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    argv = [gunicorn, "-c", "python:authsvc.gunicorn_conf", *gunicorn_args, "authsvc:create_app()"]
+    argv = [
+        gunicorn,
+        "-c",
+        "python:authsvc.gunicorn_conf",
+        *gunicorn_args,
+        "authsvc.app:create_app()",
+    ]
     os.execv(gunicorn, argv)  # noqa: S606 - replaces this process with gunicorn, fixed argv

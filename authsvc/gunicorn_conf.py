@@ -1,6 +1,6 @@
 """gunicorn settings for authsvc, read from the same configuration as the app.
 
-Use: ``gunicorn -c python:authsvc.gunicorn_conf 'authsvc:create_app()'`` (``authsvc serve``
+Use: ``gunicorn -c python:authsvc.gunicorn_conf 'authsvc.app:create_app()'`` (``authsvc serve``
 does exactly that). The configuration is validated here, in the master, so a bad value stops
 start-up with one line naming the key instead of a traceback per worker.
 """

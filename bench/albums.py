@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from authsvc import albums  # noqa: E402
-from authsvc import create_app  # noqa: E402
 from authsvc.albums import Caller  # noqa: E402
+from authsvc.app import create_app  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.identity import Identity  # noqa: E402

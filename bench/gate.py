@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from authsvc import albums  # noqa: E402
-from authsvc import create_app  # noqa: E402
+from authsvc.app import create_app  # noqa: E402
 from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402

@@ -147,7 +147,7 @@ class FakeIdP:
 
 
 class Server:
-    """gunicorn serving ``authsvc:create_app()`` with a throw-away SQLite database."""
+    """gunicorn serving ``authsvc.app:create_app()`` with a throw-away SQLite database."""
 
     def __init__(self, env: dict[str, str], workers: int) -> None:
         self.port = free_port()
@@ -166,7 +166,7 @@ class Server:
                 "python:authsvc.gunicorn_conf",
                 "--access-logfile",
                 "/dev/null",
-                "authsvc:create_app()",
+                "authsvc.app:create_app()",
             ],
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -430,7 +430,7 @@ def first_seen_jwt_cost(idp: FakeIdP, tmp: Path, count: int = 300) -> tuple[floa
     Measured around the profile callback's work (verify, compose) inside one app, JWKS warm,
     every token distinct so the verifier's cache never helps.
     """
-    from authsvc import create_app
+    from authsvc.app import create_app
     from authsvc.identity.authn import Credentials
 
     app = create_app(

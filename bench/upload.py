@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from authsvc import albums  # noqa: E402
-from authsvc import create_app  # noqa: E402
+from authsvc.app import create_app  # noqa: E402
 from authsvc.credentials import upload_token_records as records  # noqa: E402
 from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402

@@ -20,8 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask.testing import FlaskCliRunner
 
-from authsvc import create_app
 from authsvc import logs
+from authsvc.app import create_app
 from authsvc.database import init_db
 from authsvc.extensions import db
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from authsvc import create_app
+from authsvc.app import create_app
 from authsvc.views.requests import json_body
 
 

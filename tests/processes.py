@@ -70,7 +70,7 @@ def private_schema(
     """
     import sqlalchemy as sa
 
-    from authsvc import create_app
+    from authsvc.app import create_app
     from authsvc.database import init_db
     from authsvc.extensions import db
 
@@ -634,7 +634,7 @@ def start_nginx(state_dir: Path, port: int, upstreams: Mapping[str, str | int]) 
 
 
 def start_gunicorn_app(
-    state_dir: Path, port: int, env: Mapping[str, str], app_spec: str = "authsvc:create_app()"
+    state_dir: Path, port: int, env: Mapping[str, str], app_spec: str = "authsvc.app:create_app()"
 ) -> Service:
     """Run authsvc (or ``app_spec``) under gunicorn on the port with the given environment."""
     gunicorn = _require_executable(Path(sys.prefix) / "bin" / "gunicorn", "gunicorn in the venv")

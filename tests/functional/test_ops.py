@@ -84,7 +84,7 @@ def test_readyz_503_names_the_failing_dependency(full_app: Flask, failing: str) 
 
 def test_readyz_when_database_is_gone(tmp_path: Any) -> None:
     """Nothing listens on port 1: the check fails fast and says so, without the URL."""
-    from authsvc import create_app
+    from authsvc.app import create_app
 
     app = create_app(
         base_config(tmp_path, database_url="postgresql://nobody:pw-x@127.0.0.1:1/none")

@@ -276,7 +276,7 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
 def gunicorn_argv() -> list[str]:
     """Return the command line that serves authsvc (as ``authsvc serve`` does)."""
     gunicorn = Path(sys.prefix) / "bin" / "gunicorn"
-    return [str(gunicorn), "-c", "python:authsvc.gunicorn_conf", "authsvc:create_app()"]
+    return [str(gunicorn), "-c", "python:authsvc.gunicorn_conf", "authsvc.app:create_app()"]
 
 
 def init_db(env: Mapping[str, str]) -> None:

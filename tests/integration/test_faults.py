@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from authsvc import albums
-from authsvc import create_app
+from authsvc.app import create_app
 from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db

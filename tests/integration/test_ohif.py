@@ -46,7 +46,7 @@ import pytest
 import requests
 
 from authsvc import albums
-from authsvc import create_app
+from authsvc.app import create_app
 from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db

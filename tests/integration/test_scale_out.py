@@ -32,8 +32,8 @@ import requests
 from flask import Flask
 
 from authsvc import albums
-from authsvc import create_app
 from authsvc.albums.access import RoleCache
+from authsvc.app import create_app
 from authsvc.credentials.sealing import generate_key
 from authsvc.database import init_db
 from authsvc.extensions import db

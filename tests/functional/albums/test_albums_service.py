@@ -503,7 +503,7 @@ def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask
 def test_reconcile_command_reports_repairs_and_sets_the_exit_status(
     ctx: Flask, orthanc: FakeOrthanc
 ) -> None:
-    from authsvc.cli import reconcile_command
+    from authsvc.commands import reconcile_command
 
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label

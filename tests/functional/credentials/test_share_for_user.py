@@ -241,7 +241,7 @@ def test_a_revocation_made_elsewhere_holds_within_a_second(world: World) -> None
 def test_the_plugins_own_route_can_be_turned_off(
     tmp_path: Path, extra_config: dict[str, Any], allowed: bool, status: int
 ) -> None:
-    from authsvc import create_app
+    from authsvc.app import create_app
     from tests.conftest import base_config
 
     app = create_app(base_config(tmp_path, **extra_config, plugin_share_links=allowed))

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from authsvc import create_app
+from authsvc.app import create_app
 from authsvc.errors import ConfigError
 from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed

@@ -105,7 +105,7 @@ def test_calls_to_orthanc_carry_the_key_and_logs_never_show_it(
 
 
 def test_a_short_key_stops_start_up(tmp_path: Any) -> None:
-    from authsvc import create_app
+    from authsvc.app import create_app
     from authsvc.errors import ConfigError
     from tests.conftest import base_config
 
