@@ -39,8 +39,8 @@ from authsvc import albums
 from authsvc import uploads
 from authsvc.errors import Forbidden
 from authsvc.errors import UnsupportedMediaType
-from authsvc.views import admin
 from authsvc.views import uploads as upload_views
+from authsvc.views.admin import _blueprint as admin
 
 bp = Blueprint("album_upload", __name__, url_prefix="/admin")
 

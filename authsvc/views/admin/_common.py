@@ -17,8 +17,8 @@ from authsvc.policy import Action
 from authsvc.policy import AlbumRole
 from authsvc.policy import Target
 from authsvc.policy import decide
-from authsvc.views.admin import current_actor
-from authsvc.views.admin import signed_in_user
+from authsvc.views.admin._blueprint import current_actor
+from authsvc.views.admin._blueprint import signed_in_user
 
 
 def page_caller() -> albums.Caller:

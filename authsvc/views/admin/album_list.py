@@ -14,8 +14,8 @@ from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed
 from authsvc.policy import Action
 from authsvc.policy import decide
-from authsvc.views.admin import bp
-from authsvc.views.admin import signed_in
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import signed_in
 from authsvc.views.admin._common import allowed
 from authsvc.views.admin._common import form_error
 from authsvc.views.admin._common import page_caller

@@ -23,10 +23,10 @@ from authsvc.policy import Action
 from authsvc.policy import Target
 from authsvc.policy import decide
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import current_actor
-from authsvc.views.admin import signed_in
-from authsvc.views.admin import signed_in_user
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import current_actor
+from authsvc.views.admin._blueprint import signed_in
+from authsvc.views.admin._blueprint import signed_in_user
 from authsvc.views.admin._common import form_error
 from authsvc.views.admin._common import form_int
 from authsvc.views.admin._common import require_revocable

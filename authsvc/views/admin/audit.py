@@ -15,8 +15,8 @@ from authsvc import audit
 from authsvc.extensions import db
 from authsvc.identity import admin_sessions
 from authsvc.models import Album
-from authsvc.views.admin import admin_only
-from authsvc.views.admin import bp
+from authsvc.views.admin._blueprint import admin_only
+from authsvc.views.admin._blueprint import bp
 
 AUDIT_PAGE_SIZE = 100
 AUDIT_CSV_LIMIT = 50_000

@@ -17,11 +17,11 @@ from authsvc.models import KnownUser
 from authsvc.policy import Action
 from authsvc.policy import decide
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import current_actor
-from authsvc.views.admin import current_user
-from authsvc.views.admin import signed_in
-from authsvc.views.admin import signed_in_user
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import current_actor
+from authsvc.views.admin._blueprint import current_user
+from authsvc.views.admin._blueprint import signed_in
+from authsvc.views.admin._blueprint import signed_in_user
 
 
 @bp.get("/people")

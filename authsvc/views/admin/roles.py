@@ -19,10 +19,10 @@ from authsvc.extensions import db
 from authsvc.policy import Action
 from authsvc.policy import decide
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import current_actor
-from authsvc.views.admin import current_user
-from authsvc.views.admin import signed_in
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import current_actor
+from authsvc.views.admin._blueprint import current_user
+from authsvc.views.admin._blueprint import signed_in
 from authsvc.views.admin._common import form_error
 
 #: The permission names of Orthanc's authorization plugin (its ``Permissions`` list), shown as

@@ -20,10 +20,10 @@ from authsvc.identity import admin_sessions
 from authsvc.policy import Action
 from authsvc.policy import decide
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import current_actor
-from authsvc.views.admin import signed_in
-from authsvc.views.admin import signed_in_user
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import current_actor
+from authsvc.views.admin._blueprint import signed_in
+from authsvc.views.admin._blueprint import signed_in_user
 from authsvc.views.admin._common import require_revocable
 
 _LINK_KINDS = {

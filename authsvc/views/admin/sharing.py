@@ -26,8 +26,8 @@ from authsvc.models import AlbumReadToken
 from authsvc.models import UploadToken
 from authsvc.policy import Action
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import signed_in
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import signed_in
 from authsvc.views.admin._common import allowed
 from authsvc.views.admin._common import form_error
 from authsvc.views.admin._common import page_caller

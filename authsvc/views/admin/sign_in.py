@@ -27,14 +27,14 @@ from authsvc.errors import IdentityProviderUnavailable
 from authsvc.identity import Identity
 from authsvc.identity import admin_sessions
 from authsvc.services import services
-from authsvc.views.admin import _CSRF
-from authsvc.views.admin import _NEXT
-from authsvc.views.admin import _SEEN
-from authsvc.views.admin import _SID
-from authsvc.views.admin import IDP_CLIENT
-from authsvc.views.admin import OAUTH_EXTENSION
-from authsvc.views.admin import bp
-from authsvc.views.admin import current_user
+from authsvc.views.admin._blueprint import _CSRF
+from authsvc.views.admin._blueprint import _NEXT
+from authsvc.views.admin._blueprint import _SEEN
+from authsvc.views.admin._blueprint import _SID
+from authsvc.views.admin._blueprint import IDP_CLIENT
+from authsvc.views.admin._blueprint import OAUTH_EXTENSION
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import current_user
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import render_template
 
 from authsvc.views import ops
-from authsvc.views.admin import admin_only
-from authsvc.views.admin import bp
+from authsvc.views.admin._blueprint import admin_only
+from authsvc.views.admin._blueprint import bp
 
 
 @bp.get("/status")

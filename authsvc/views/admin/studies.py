@@ -19,8 +19,8 @@ from authsvc.policy import Action
 from authsvc.policy import Target
 from authsvc.policy import sees_every_study
 from authsvc.services import services
-from authsvc.views.admin import bp
-from authsvc.views.admin import signed_in
+from authsvc.views.admin._blueprint import bp
+from authsvc.views.admin._blueprint import signed_in
 from authsvc.views.admin._common import allowed
 from authsvc.views.admin._common import dicom_date
 from authsvc.views.admin._common import form_int
