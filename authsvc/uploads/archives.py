@@ -3,6 +3,9 @@
 A ZIP is spooled to a temporary file, its central directory is checked against the item limit
 before :mod:`zipfile` parses it, and each member is handed back to the pipeline as one item
 whose unpacked bytes count against the byte limit (a ZIP bomb stops at the limit).
+
+What this module needs of the upload in progress is the :class:`Items` interface, which the
+pipeline's state satisfies: the pipeline imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -11,23 +14,41 @@ import shutil
 import tempfile
 import zipfile
 from typing import IO
-from typing import TYPE_CHECKING
 from typing import Final
+from typing import Protocol
 
 from authsvc.uploads.multipart import CHUNK_BYTES
 from authsvc.uploads.multipart import LimitedReader
 from authsvc.uploads.multipart import Readable
 from authsvc.uploads.multipart import UploadTooLarge
 from authsvc.uploads.outcomes import FAILURE_CANNOT_UNDERSTAND
-
-if TYPE_CHECKING:
-    from authsvc.uploads.pipeline import Ingest
+from authsvc.uploads.outcomes import InstanceOutcome
+from authsvc.uploads.outcomes import UploadLimits
+from authsvc.uploads.outcomes import UploadResult
 
 #: The first bytes of a ZIP archive (a local file header, or the end record of an empty one).
 ZIP_MAGIC: Final = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def unpack(state: Ingest, head: bytes, source: Readable, name: str | None) -> None:
+class Items(Protocol):
+    """The upload a ZIP's members join (:class:`authsvc.uploads.pipeline.Ingest`)."""
+
+    limits: UploadLimits
+    result: UploadResult
+    unpacked: int  # decompressed bytes of ZIP members so far
+
+    def next_outcome(self, name: str | None) -> InstanceOutcome:
+        """Count one more item (raising past the item limit) and return its outcome."""
+        ...
+
+    def item(
+        self, source: Readable, name: str | None, *, allow_zip: bool, in_archive: bool = False
+    ) -> None:
+        """Handle one item as the pipeline handles every item."""
+        ...
+
+
+def unpack(state: Items, head: bytes, source: Readable, name: str | None) -> None:
     """Spool a ZIP archive to a temporary file, then handle each member as an item."""
     with tempfile.TemporaryFile() as spooled:
         spooled.write(head)
