@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response
@@ -15,9 +16,11 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import albums
 from authsvc.albums import access as album_access
+from authsvc.albums.access import IssuedReadToken
 from authsvc.credentials import lifecycle
 from authsvc.credentials import upload_token_records
 from authsvc.credentials.records import lifetime_state
+from authsvc.credentials.upload_token_records import IssuedToken
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import Forbidden
 from authsvc.errors import ValidationFailed
@@ -110,6 +113,31 @@ def _expiry_seconds(limit: int) -> int:
     return max(60, min(seconds, limit))
 
 
+def _form_note() -> str | None:
+    """The form's note as a token record keeps it: trimmed, at most 500 characters, or None."""
+    return (request.form.get("note") or "").strip()[:500] or None
+
+
+def _issue_and_reveal(
+    caller: albums.Caller,
+    album_id: str,
+    kind: str,
+    issue: Callable[[], IssuedToken | IssuedReadToken],
+) -> Response | WerkzeugResponse:
+    """Issue a token and show it once, or send a problem with the form back to the page.
+
+    ``kind`` names the template's variables for the new token (``new_<kind>_token``, ``_row``).
+    """
+    try:
+        issued = issue()
+    except ValidationFailed as exc:
+        form_error(exc)
+        return redirect(url_for("admin.sharing", album_id=album_id))
+    return _reveal(
+        caller, album_id, **{f"new_{kind}_token": issued.token, f"new_{kind}_row": issued.row}
+    )
+
+
 @bp.post("/albums/<album_id>/upload-tokens")
 @signed_in
 def create_upload_token(album_id: str) -> Response | WerkzeugResponse:
@@ -118,10 +146,13 @@ def create_upload_token(album_id: str) -> Response | WerkzeugResponse:
     settings = services().settings
     body = {
         "lifetime_seconds": _expiry_seconds(settings.upload_token_max_lifetime),
-        "note": (request.form.get("note") or "").strip()[:500] or None,
+        "note": _form_note(),
     }
-    try:
-        issued = upload_token_records.issue(
+    return _issue_and_reveal(
+        caller,
+        album_id,
+        "upload",
+        lambda: upload_token_records.issue(
             caller,
             album_id,
             body,
@@ -130,11 +161,8 @@ def create_upload_token(album_id: str) -> Response | WerkzeugResponse:
                 default_lifetime=settings.upload_token_default_lifetime,
                 max_lifetime=settings.upload_token_max_lifetime,
             ),
-        )
-    except ValidationFailed as exc:
-        form_error(exc)
-        return redirect(url_for("admin.sharing", album_id=album_id))
-    return _reveal(caller, album_id, new_upload_token=issued.token, new_upload_row=issued.row)
+        ),
+    )
 
 
 @bp.post("/albums/<album_id>/upload-tokens/<token_id>/revoke")
@@ -154,20 +182,20 @@ def create_read_token(album_id: str) -> Response | WerkzeugResponse:
     ring = services().upload_keys
     if ring is None:
         raise DependencyUnavailable("Sharing is not set up on this server (no token keys).")
-    try:
-        issued = album_access.issue_read_token(
+    return _issue_and_reveal(
+        caller,
+        album_id,
+        "read",
+        lambda: album_access.issue_read_token(
             ring,
             caller.actor,
             caller.name,
             album_id,
             albums.album_role(caller, album_id),
             lifetime=_expiry_seconds(album_access.READ_TOKEN_MAX_LIFETIME),
-            note=(request.form.get("note") or "").strip()[:500] or None,
-        )
-    except ValidationFailed as exc:
-        form_error(exc)
-        return redirect(url_for("admin.sharing", album_id=album_id))
-    return _reveal(caller, album_id, new_read_token=issued.token, new_read_row=issued.row)
+            note=_form_note(),
+        ),
+    )
 
 
 @bp.post("/albums/<album_id>/read-tokens/<token_id>/revoke")
