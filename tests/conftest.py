@@ -22,8 +22,10 @@ from flask.testing import FlaskCliRunner
 
 from authsvc import logs
 from authsvc.app import create_app
+from authsvc.credentials.api_keys import generate_api_key
 from authsvc.database import init_db
 from authsvc.extensions import db
+from authsvc.models import ApiKey
 
 # Throw-away values, named as such (Warehouse's habit): they must never look real.
 INSECURE_SECRET_KEY = "insecure-test-secret-key-0123456789abcdef0123456789"
@@ -45,6 +47,26 @@ def postgres_url() -> str:
     from tests.processes import postgres_url as find_postgres
 
     return find_postgres()
+
+
+def api_key_row(subject: str, username: str, *, roles: list[str], name: str) -> tuple[ApiKey, str]:
+    """A new user API key of ``username``, made by its owner: the unsaved row and its plaintext.
+
+    Suites that need a caller with an API key add this row themselves, so the key exists
+    without going through the JSON API they are not testing.
+    """
+    generated = generate_api_key()
+    row = ApiKey(
+        id=generated.key_id,
+        secret_hash=generated.secret_hash,
+        name=name,
+        kind="user",
+        owner_subject=subject,
+        owner_username=username,
+        roles=roles,
+        created_by=f"user:{subject}",
+    )
+    return row, generated.plaintext
 
 
 def base_config(tmp_path: Any, **extra: Any) -> dict[str, Any]:

@@ -42,7 +42,6 @@ from flask.testing import FlaskClient
 
 from authsvc import albums
 from authsvc.albums import Caller
-from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.api_keys import parse_api_key
 from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
@@ -57,6 +56,7 @@ from authsvc.models import UploadToken
 from authsvc.policy import Actor
 from tests import oidc
 from tests.conftest import INSECURE_SECRET_KEY
+from tests.conftest import api_key_row
 from tests.conftest import base_config
 from tests.conftest import running_app
 from tests.dicom_factory import make_study
@@ -211,19 +211,9 @@ def _build(app: Flask, orthanc: UploadingOrthanc, mock: rm.Mocker, log: io.Strin
             for user, role in ROLE_USERS.items()
         }
         members_b = {BOB: albums.invite_member(ADMIN, album_b, "user", sub(BOB), "owner").id}
-        key = generate_api_key()
-        db.session.add(
-            ApiKey(
-                id=key.key_id,
-                secret_hash=key.secret_hash,
-                name="bob's key",
-                kind="user",
-                owner_subject=sub(BOB),
-                owner_username=BOB,
-                roles=[],
-                created_by=f"user:{sub(BOB)}",
-            )
-        )
+        key, key_plaintext = api_key_row(sub(BOB), BOB, roles=[], name="bob's key")
+        key_id = key.id  # read before the commit expires the row
+        db.session.add(key)
         db.session.commit()
     world = World(
         app=app,
@@ -239,8 +229,8 @@ def _build(app: Flask, orthanc: UploadingOrthanc, mock: rm.Mocker, log: io.Strin
         members_a=members_a,
         members_b=members_b,
     )
-    world.tokens["api-key"] = key.plaintext
-    world.token_ids["api-key"] = key.key_id
+    world.tokens["api-key"] = key_plaintext
+    world.token_ids["api-key"] = key_id
     bob = bearer(BOB)
     for kind, path in (("upload", "upload-tokens"), ("read", "read-tokens")):
         for album, owner in ((album_b, bob), (album_a, bearer("olga"))):

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from flask import Flask
 
 from authsvc import albums
-from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.lifecycle import BackingCache
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
@@ -28,7 +27,6 @@ from authsvc.identity import IdentityKind
 from authsvc.identity import admin_sessions
 from authsvc.models import AdminSession
 from authsvc.models import AlbumMember
-from authsvc.models import ApiKey
 from authsvc.models import AuditEvent
 from authsvc.models import KnownUser
 from authsvc.models import ShareToken
@@ -36,6 +34,7 @@ from authsvc.models import UploadToken
 from authsvc.models import utcnow
 from authsvc.policy import Allowed
 from authsvc.policy import Denied
+from tests.conftest import api_key_row
 from tests.fake_orthanc import FakeOrthanc
 from tests.functional.admin.test_admin import ALICE
 from tests.functional.admin.test_admin import BOB
@@ -124,22 +123,13 @@ def test_users_api_errors(db_app: Flask, fake: FakeOrthanc) -> None:
 
 def _jwt_for(app: Flask, identity: Identity) -> str:
     """An API key acting as ``identity`` (these tests' provider is not the JWT fake)."""
-    generated = generate_api_key()
+    row, plaintext = api_key_row(
+        identity.subject, identity.username, roles=sorted(identity.realm_roles), name="test"
+    )
     with app.app_context():
-        db.session.add(
-            ApiKey(
-                id=generated.key_id,
-                secret_hash=generated.secret_hash,
-                name="test",
-                kind="user",
-                owner_subject=identity.subject,
-                owner_username=identity.username,
-                roles=sorted(identity.realm_roles),
-                created_by=f"user:{identity.subject}",
-            )
-        )
+        db.session.add(row)
         db.session.commit()
-    return generated.plaintext
+    return plaintext
 
 
 # --- what the pages say ---------------------------------------------------------------------------

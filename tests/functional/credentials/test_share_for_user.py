@@ -19,10 +19,9 @@ import requests_mock as rm
 from flask import Flask
 from flask.testing import FlaskClient
 
-from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
-from authsvc.models import ApiKey
+from tests.conftest import api_key_row
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 from tests.plugin_client import PluginClient
@@ -85,21 +84,9 @@ def world(db_app: Flask) -> Iterator[World]:
     keys = {}
     with db_app.app_context():
         for who in ("sam", "rita", "chen"):
-            generated = generate_api_key()
             role = {"sam": "sharer", "rita": "reader", "chen": "chief"}[who]
-            db.session.add(
-                ApiKey(
-                    id=generated.key_id,
-                    secret_hash=generated.secret_hash,
-                    name=f"{who}'s key",
-                    kind="user",
-                    owner_subject=f"sub-{who}",
-                    owner_username=who,
-                    roles=[role],
-                    created_by=f"user:sub-{who}",
-                )
-            )
-            keys[who] = generated.plaintext
+            row, keys[who] = api_key_row(f"sub-{who}", who, roles=[role], name=f"{who}'s key")
+            db.session.add(row)
         db.session.commit()
     with rm.Mocker() as mock:
         orthanc = FakeOrthanc(mock)

@@ -25,18 +25,17 @@ from flask.testing import FlaskClient
 from authsvc import albums
 from authsvc.credentials.album_tokens import issue_album_read_token
 from authsvc.credentials.album_tokens import issue_upload_token
-from authsvc.credentials.api_keys import generate_api_key
 from authsvc.credentials.sealing import KeyRing
 from authsvc.credentials.sealing import Purpose
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.models import AlbumMember
 from authsvc.models import AlbumStudy
-from authsvc.models import ApiKey
 from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.models import UploadToken
 from authsvc.models import utcnow
+from tests.conftest import api_key_row
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
@@ -171,21 +170,6 @@ class World:
             )
 
 
-def _key(owner: str) -> tuple[ApiKey, str]:
-    generated = generate_api_key()
-    row = ApiKey(
-        id=generated.key_id,
-        secret_hash=generated.secret_hash,
-        name=f"{owner}'s key",
-        kind="user",
-        owner_subject=f"sub-{owner}",
-        owner_username=owner,
-        roles=[],
-        created_by=f"user:sub-{owner}",
-    )
-    return row, generated.plaintext
-
-
 @pytest.fixture
 def world(db_app: Flask, orthanc: UploadingOrthanc) -> World:
     keys: dict[str, str] = {}
@@ -205,7 +189,7 @@ def world(db_app: Flask, orthanc: UploadingOrthanc) -> World:
         roles = {"alice": "owner", "mia": "manager", "carl": "contributor", "cora": "contributor"}
         roles["vic"] = "viewer"
         for who in [*roles, "mallory"]:
-            row, plaintext = _key(who)
+            row, plaintext = api_key_row(f"sub-{who}", who, roles=[], name=f"{who}'s key")
             db.session.add(row)
             keys[who] = plaintext
             if who in roles:
