@@ -17,6 +17,7 @@ from flask.cli import with_appcontext
 from authsvc import albums
 from authsvc import database
 from authsvc.extensions import db
+from authsvc.services import services
 
 
 @click.command("init-db")
@@ -39,7 +40,7 @@ def run_reconcile(dry_run: bool) -> int:
     0: the database and Orthanc agree (after repair). 1: drift was found and not (all) repaired,
     label changes are still pending, or Orthanc could not be asked.
     """
-    report = albums.reconcile(repair=not dry_run)
+    report = albums.reconcile(services().archive, repair=not dry_run)
     for drift in report.drifts:
         click.echo(drift.describe())
     for error in report.errors:

@@ -16,16 +16,22 @@ import requests
 from flask import Flask
 from flask import current_app
 
+from authsvc.albums import Archive
+from authsvc.albums import grants_for
+from authsvc.albums import membership_changed
 from authsvc.albums.access import RoleCache
 from authsvc.config import Settings
+from authsvc.credentials.api_key_records import owner_backing
 from authsvc.credentials.api_keys import API_KEY_PREFIX
 from authsvc.credentials.lifecycle import BackingCache
+from authsvc.credentials.lifecycle import MakerRights
 from authsvc.credentials.sealing import KeyRing
 from authsvc.credentials.share_link_records import ShareTokenService
 from authsvc.credentials.share_links import LegacyShareKey
 from authsvc.credentials.share_links import OhifDataSource
 from authsvc.credentials.share_links import PublicRoots
 from authsvc.identity import KeycloakVerifier
+from authsvc.identity.authn import ApiKeyCache
 from authsvc.identity.authn import Authenticator
 from authsvc.identity.authn import ProfileCache
 from authsvc.identity.roles_store import RolesStore
@@ -44,6 +50,8 @@ class Services:
 
     settings: Settings
     orthanc: OrthancServers
+    #: The Orthanc servers and label prefix the album use-cases work on.
+    archive: Archive
     #: None when no OIDC issuer is configured (bearer JWTs are then refused).
     verifier: KeycloakVerifier | None
     authenticator: Authenticator
@@ -52,18 +60,23 @@ class Services:
     decisions: DecisionCounters
     users: UserDirectory
     profile_cache: ProfileCache
+    #: Does a credential still stand on its maker's rights? (answers kept a few seconds)
+    makers: MakerRights
     #: Seals and opens upload / album-read tokens; None when ``upload_token_keys`` is unset.
     upload_keys: KeyRing | None = None
     #: Study -> labels cache of the nginx gate and album DICOMweb (short TTL, per process).
     study_labels: StudyLabelCache = dataclasses.field(default_factory=StudyLabelCache)
     #: Principal -> {album label: role} for the gate and album DICOMweb (a few seconds).
     album_roles: RoleCache = dataclasses.field(default_factory=RoleCache)
-    #: Does a credential still stand on its maker's rights? (a few seconds, per process)
-    makers: BackingCache = dataclasses.field(default_factory=BackingCache)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Build the registry from the settings and attach it to the app."""
+    """Build the registry from the settings and attach it to the app.
+
+    The one place where the domain's collaborators meet: each object gets what it needs as
+    constructor arguments (album grants and the disabled check for the authenticator, the
+    authenticator and Orthanc for the maker checks, those for the share links).
+    """
     orthanc = orthanc_servers(settings)
     verifier = build_verifier(settings)
     # A roles change made by another worker or instance reaches the profiles this worker
@@ -73,40 +86,55 @@ def init_app(app: Flask, settings: Settings) -> None:
     profile_cache = ProfileCache(ttl=cache_ttl)
     roles = RolesStore(roles_file=settings.roles_file, ttl=cache_ttl, on_change=profile_cache.clear)
     roles.read_file()  # a bad roles file stops start-up with one line, not a 500 later
+    backing = BackingCache(ttl=cache_ttl)
+
+    def person_disabled(subject: str) -> bool:
+        # Cached with the makers' answers: cleared by the process that disables, seen by the
+        # others within the cache TTL.
+        return not backing.get(("person", subject), lambda: owner_backing(subject))
+
     authenticator = Authenticator(
         verifier=verifier,
         roles=roles.current,
+        api_keys=ApiKeyCache(owner_disabled=lambda subject: not owner_backing(subject)),
         api_key_prefix=API_KEY_PREFIX,
         admin_roles=settings.admin_roles,
         anonymous_roles=settings.anonymous_roles,
-        is_disabled=_person_disabled,
+        is_disabled=person_disabled,
+        album_grants=grants_for,
+    )
+    study_labels = StudyLabelCache()
+    study_labels.listen_to(orthanc)
+    makers = MakerRights(
+        cache=backing,
+        actor_of=authenticator.actor,
+        roles=roles.current,
+        orthanc=orthanc,
+        study_labels=study_labels,
+    )
+    membership_changed.connect(makers.forget)  # weak: lives as long as the app's registry
+    upload_keys = (
+        KeyRing.from_text(settings.upload_token_keys, setting="AUTHSVC_UPLOAD_TOKEN_KEYS")
+        if settings.upload_token_keys
+        else None
     )
     app.extensions["authsvc"] = Services(
         settings=settings,
         orthanc=orthanc,
+        archive=Archive(orthanc, settings.album_label_prefix),
         verifier=verifier,
         authenticator=authenticator,
         roles=roles,
-        share_tokens=build_share_tokens(settings, orthanc),
+        share_tokens=build_share_tokens(
+            settings, orthanc, makers=makers, study_labels=study_labels, read_keys=upload_keys
+        ),
         decisions=DecisionCounters(),
         users=UserDirectory(),
         profile_cache=profile_cache,
-        upload_keys=(
-            KeyRing.from_text(settings.upload_token_keys, setting="AUTHSVC_UPLOAD_TOKEN_KEYS")
-            if settings.upload_token_keys
-            else None
-        ),
+        makers=makers,
+        upload_keys=upload_keys,
+        study_labels=study_labels,
     )
-    app.extensions["authsvc"].makers = BackingCache(ttl=cache_ttl)
-    app.extensions["authsvc"].study_labels.listen_to(orthanc)
-
-
-def _person_disabled(subject: str) -> bool:
-    """Return True when an admin disabled this person in authsvc (cached with the makers'
-    answers: cleared by the process that disables, seen by the others within its TTL)."""
-    from authsvc.credentials.api_key_records import owner_backing
-
-    return not services().makers.get(("person", subject), lambda: owner_backing(subject))
 
 
 def worker_cache_ttl(settings: Settings) -> float:
@@ -132,8 +160,16 @@ def orthanc_servers(settings: Settings) -> OrthancServers:
     )
 
 
-def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareTokenService:
-    """Build the share token service: key ring, legacy key, public roots, lifetime rules."""
+def build_share_tokens(
+    settings: Settings,
+    orthanc: OrthancServers,
+    *,
+    makers: MakerRights,
+    study_labels: StudyLabelCache,
+    read_keys: KeyRing | None,
+) -> ShareTokenService:
+    """Build the share token service: key ring, legacy key, public roots, lifetime rules,
+    and what it asks about a link's maker and a study's labels."""
     legacy_key = None
     if settings.legacy_share_secret:
         legacy_key = LegacyShareKey(settings.legacy_share_secret)
@@ -155,6 +191,10 @@ def build_share_tokens(settings: Settings, orthanc: OrthancServers) -> ShareToke
             ohif_data_source=OhifDataSource(settings.ohif_data_source),
         ),
         known_servers=known,
+        rights=makers,
+        orthanc=orthanc,
+        study_labels=study_labels,
+        read_keys=read_keys,
         max_lifetime=(
             timedelta(seconds=settings.share_token_max_lifetime)
             if settings.share_token_max_lifetime

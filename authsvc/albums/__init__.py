@@ -27,9 +27,12 @@ that defines it (``authsvc.albums.labels._recorded``), not this re-export.
 
 from __future__ import annotations
 
+from authsvc.albums.core import Archive
 from authsvc.albums.core import album_role
+from authsvc.albums.core import membership_changed
 from authsvc.albums.grants import ALBUM_MEMBER_PERMISSIONS
 from authsvc.albums.grants import album_grants
+from authsvc.albums.grants import grants_for
 from authsvc.albums.labels import Drift
 from authsvc.albums.labels import ReconcileReport
 from authsvc.albums.labels import RetryReport
@@ -69,6 +72,8 @@ from authsvc.albums.values import caller_for
 from authsvc.albums.values import check_page
 
 __all__ = [
+    "Archive",
+    "membership_changed",
     "ALBUM_MEMBER_PERMISSIONS",
     "DESCRIPTION_MAX_LENGTH",
     "MAX_BULK",
@@ -87,6 +92,7 @@ __all__ = [
     "StudyResult",
     "add_studies",
     "album_grants",
+    "grants_for",
     "album_role",
     "apply_pending",
     "bind_caller_invitations",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
+from blinker import Namespace
 from sqlalchemy.orm import InstrumentedAttribute
 
 from authsvc import audit
@@ -30,6 +32,7 @@ from authsvc.models import Album
 from authsvc.models import AlbumMember
 from authsvc.models import AlbumStudy
 from authsvc.orthanc import OrthancClient
+from authsvc.orthanc import OrthancServers
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole
@@ -192,25 +195,32 @@ def _view(album: Album, role: AlbumRole | None) -> AlbumView:
     return AlbumView(album, role, members.get(album.id, 0), studies.get(album.id, 0))
 
 
-def _orthanc(album_server_id: str) -> OrthancClient:
-    from authsvc.services import services
+@dataclass(frozen=True)
+class Archive:
+    """Where the albums' studies live: the Orthanc servers, and the prefix of the labels
+    authsvc owns there. Built once by the composition root (:mod:`authsvc.services`) and
+    passed to every use-case that talks to Orthanc."""
 
-    client = services().orthanc.get(album_server_id)
-    if client is None:
-        raise OrthancUnavailable(f"Orthanc server {album_server_id!r} is not configured.")
-    return client
+    servers: OrthancServers
+    label_prefix: str
+
+    def client(self, server_id: str) -> OrthancClient:
+        """Return the album's Orthanc client.
+
+        :raise OrthancUnavailable: the album's server is no longer configured (503).
+        """
+        client = self.servers.get(server_id)
+        if client is None:
+            raise OrthancUnavailable(f"Orthanc server {server_id!r} is not configured.")
+        return client
 
 
-def _label_prefix() -> str:
-    from authsvc.services import services
-
-    return services().settings.album_label_prefix
+#: Sent after a membership change is committed (invite, role change, removal, album deleted).
+#: The composition root connects the per-process cache of "does a credential still stand on
+#: its maker?" answers to it (other processes see the change within that cache's TTL, see
+#: :mod:`authsvc.credentials.lifecycle`).
+membership_changed = Namespace().signal("album-membership-changed")
 
 
 def _membership_changed() -> None:
-    """Forget this process's answers on whether credentials still stand on their makers
-    (other processes see a change within the cache TTL, see
-    :mod:`authsvc.credentials.lifecycle`)."""
-    from authsvc.services import services
-
-    services().makers.clear()
+    membership_changed.send(None)

@@ -18,6 +18,7 @@ from authsvc.albums.core import _principal_filter
 from authsvc.albums.members import bind_invitations
 from authsvc.albums.values import PrincipalKind
 from authsvc.extensions import db
+from authsvc.identity import Identity
 from authsvc.identity import normalize_group
 from authsvc.models import Album
 from authsvc.models import AlbumMember
@@ -96,3 +97,19 @@ def album_grants(
     if not labels:
         return frozenset(), frozenset()
     return labels, ALBUM_MEMBER_PERMISSIONS
+
+
+def grants_for(identity: Identity) -> tuple[frozenset[str], frozenset[str]]:
+    """Return (labels, permissions) the identity gets from its album memberships.
+
+    The Orthanc labels of every album the identity may view — as a user, through a Keycloak
+    group, or through an e-mail invitation for its *verified* e-mail (bound to the user on
+    the way) — and the read-type permissions that go with them (architecture, "Plugin user
+    mode"; never ``edit-labels``). One indexed query (:func:`album_grants`), so a membership
+    change reaches the plugin within one profile ``validity``. The authenticator's
+    ``album_grants`` (:class:`authsvc.identity.authn.Authenticator`).
+    """
+    if identity.is_anonymous or not identity.subject:
+        return frozenset(), frozenset()
+    email = identity.email if identity.email and identity.email_verified else None
+    return album_grants(identity.subject, identity.group_names, email)

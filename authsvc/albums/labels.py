@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from authsvc import audit
 from authsvc.album_labels import is_album_label
+from authsvc.albums.core import Archive
 from authsvc.albums.values import LabelOp
 from authsvc.albums.values import _uid_of
 from authsvc.audit import AuditAction
@@ -79,16 +80,16 @@ def queue_label(
     return row
 
 
-def apply_pending(ids: Iterable[int]) -> set[str]:
+def apply_pending(archive: Archive, ids: Iterable[int]) -> set[str]:
     """Apply queued label changes now (after the commit); return the study ids done."""
-    return _apply(list(ids))
+    return _apply(archive, list(ids))
 
 
 def _backoff(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(2 ** min(attempts, 12), 3600))
 
 
-def _apply(ids: Sequence[int]) -> set[str]:
+def _apply(archive: Archive, ids: Sequence[int]) -> set[str]:
     """Try each pending row once; delete it on success, record the error otherwise.
 
     Rows are locked with ``SKIP LOCKED`` (a row another replica is applying is left to it)
@@ -104,17 +105,15 @@ def _apply(ids: Sequence[int]) -> set[str]:
             .with_for_update(skip_locked=True)
         ).scalars()
         for row in list(rows):
-            if _apply_one(row):
+            if _apply_one(archive, row):
                 done.add(row.study_id)
         db.session.commit()
     return done
 
 
-def _apply_one(row: PendingLabel) -> bool:
+def _apply_one(archive: Archive, row: PendingLabel) -> bool:
     """Make one label change in Orthanc; update or delete the row (no commit)."""
-    from authsvc.services import services
-
-    client = services().orthanc.get(row.server_id)
+    client = archive.servers.get(row.server_id)
     try:
         if client is None:
             raise OrthancUnavailable(f"Orthanc server {row.server_id!r} is not configured.")
@@ -166,7 +165,7 @@ class RetryReport:
     remaining: int = 0
 
 
-def _retry_a_few(limit: int = 10) -> None:
+def _retry_a_few(archive: Archive, limit: int = 10) -> None:
     """Piggy-back a few due retries on an album write: Orthanc is evidently reachable again.
 
     ``authsvc reconcile`` (cron) remains the guarantee; this only shortens the wait. It never
@@ -182,13 +181,15 @@ def _retry_a_few(limit: int = 10) -> None:
         ids = list(due)
         db.session.rollback()
         if ids:
-            _apply(ids)
+            _apply(archive, ids)
     except Exception:  # noqa: BLE001 - best effort by design, logged
         db.session.rollback()
         log.warning("opportunistic label retry failed", exc_info=True)
 
 
-def retry_pending_labels(*, limit: int = 500, due_only: bool = True) -> RetryReport:
+def retry_pending_labels(
+    archive: Archive, *, limit: int = 500, due_only: bool = True
+) -> RetryReport:
     """Retry pending label changes (those due, or all); safe to run on several replicas."""
     query = sa.select(PendingLabel.id).order_by(PendingLabel.next_attempt_at).limit(limit)
     if due_only:
@@ -202,7 +203,7 @@ def retry_pending_labels(*, limit: int = 500, due_only: bool = True) -> RetryRep
             continue
         study_id = before.study_id
         db.session.rollback()
-        done = _apply([pending_id])
+        done = _apply(archive, [pending_id])
         still = db.session.get(PendingLabel, pending_id)
         if study_id in done or still is None:
             report.applied += 1
@@ -304,7 +305,7 @@ class ReconcileReport:
         return not self.drifts and not self.errors and self.retried.remaining == 0
 
 
-def reconcile(*, repair: bool = True) -> ReconcileReport:
+def reconcile(archive: Archive, *, repair: bool = True) -> ReconcileReport:
     """Compare ``album_study`` and pending changes with Orthanc's labels; repair if asked.
 
     * pending label changes are retried first (all of them, due or not);
@@ -315,13 +316,11 @@ def reconcile(*, repair: bool = True) -> ReconcileReport:
     * a label shaped like an album label with no album behind it is removed from every study
       carrying it (``orphan-label``): it grants access to nobody authsvc knows.
     """
-    from authsvc.services import services
-
     report = ReconcileReport()
     if repair:
-        report.retried = retry_pending_labels(limit=100_000, due_only=False)
-    prefix = services().settings.album_label_prefix
-    registry = services().orthanc
+        report.retried = retry_pending_labels(archive, limit=100_000, due_only=False)
+    prefix = archive.label_prefix
+    registry = archive.servers
     albums = list(db.session.execute(sa.select(Album).order_by(Album.id)).scalars())
     known_labels: set[str] = {a.label for a in albums}
     db.session.rollback()

@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from authsvc import audit
+from authsvc.albums.core import Archive
 from authsvc.albums.core import _authorize
 from authsvc.albums.core import _get_for
-from authsvc.albums.core import _orthanc
 from authsvc.albums.grants import album_grants
 from authsvc.albums.labels import _apply
 from authsvc.albums.labels import _retry_a_few
@@ -99,7 +99,7 @@ def _clean_refs(refs: object) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
-def add_studies(caller: Caller, album_id: str, refs: object) -> list[StudyResult]:
+def add_studies(archive: Archive, caller: Caller, album_id: str, refs: object) -> list[StudyResult]:
     """Put studies into an album (contributors), by Orthanc id or StudyInstanceUID.
 
     Each study must already be visible to the caller; one that is not is reported as
@@ -110,7 +110,7 @@ def add_studies(caller: Caller, album_id: str, refs: object) -> list[StudyResult
     # The role part of the rule first (as if the study were visible), before any Orthanc call.
     _authorize(caller, Action.ALBUM_STUDY_ADD, album, role, Target(study_visible_to_actor=True))
     clean = _clean_refs(refs)
-    client = _orthanc(album.server_id)
+    client = archive.client(album.server_id)
     member_labels = _member_labels(caller)
     results: list[StudyResult] = []
     pending: list[int] = []
@@ -167,12 +167,14 @@ def add_studies(caller: Caller, album_id: str, refs: object) -> list[StudyResult
         pending.append(row.id)
         results.append(StudyResult(ref, status, study_id, uid, "pending"))
     db.session.commit()
-    applied = _apply(pending)
-    _retry_a_few()
+    applied = _apply(archive, pending)
+    _retry_a_few(archive)
     return [_with_label_state(r, applied) for r in results]
 
 
-def remove_studies(caller: Caller, album_id: str, refs: object) -> list[StudyResult]:
+def remove_studies(
+    archive: Archive, caller: Caller, album_id: str, refs: object
+) -> list[StudyResult]:
     """Take studies out of an album (managers): the label goes, the studies stay in Orthanc.
 
     :raise 404/403/422/503.
@@ -180,7 +182,7 @@ def remove_studies(caller: Caller, album_id: str, refs: object) -> list[StudyRes
     album, role = _get_for(caller, album_id, Action.ALBUM_STUDY_REMOVE)
     _authorize(caller, Action.ALBUM_STUDY_REMOVE, album, role)
     clean = _clean_refs(refs)
-    client = _orthanc(album.server_id)
+    client = archive.client(album.server_id)
     rows = {
         r.study_id: r
         for r in db.session.execute(
@@ -219,8 +221,8 @@ def remove_studies(caller: Caller, album_id: str, refs: object) -> list[StudyRes
         )
         results.append(StudyResult(ref, "removed", study_id, uid, "pending"))
     db.session.commit()
-    applied = _apply(pending)
-    _retry_a_few()
+    applied = _apply(archive, pending)
+    _retry_a_few(archive)
     return [_with_label_state(r, applied) for r in results]
 
 
@@ -244,14 +246,16 @@ STUDY_LIST_TAGS = (
 )
 
 
-def list_studies(caller: Caller, album_id: str, *, offset: int = 0, limit: int = 50) -> Page:
+def list_studies(
+    archive: Archive, caller: Caller, album_id: str, *, offset: int = 0, limit: int = 50
+) -> Page:
     """List an album's studies from Orthanc's label search, one page (any member).
 
     ``total`` counts the studies authsvc put into the album. :raise 404/503.
     """
     album, role = _get_for(caller, album_id, Action.ALBUM_STUDIES_LIST)
     _authorize(caller, Action.ALBUM_STUDIES_LIST, album, role)
-    client = _orthanc(album.server_id)
+    client = archive.client(album.server_id)
     found = client.find_studies(
         labels=[album.label],
         expand=True,

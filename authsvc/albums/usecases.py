@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from authsvc import audit
 from authsvc.album_labels import new_album_label
+from authsvc.albums.core import Archive
 from authsvc.albums.core import _authorize
 from authsvc.albums.core import _best_role
 from authsvc.albums.core import _caller_filter
@@ -21,9 +22,7 @@ from authsvc.albums.core import _check_version
 from authsvc.albums.core import _counts
 from authsvc.albums.core import _deny
 from authsvc.albums.core import _get_for
-from authsvc.albums.core import _label_prefix
 from authsvc.albums.core import _membership_changed
-from authsvc.albums.core import _orthanc
 from authsvc.albums.core import _view
 from authsvc.albums.labels import _apply
 from authsvc.albums.labels import queue_label
@@ -53,7 +52,11 @@ log = logging.getLogger(__name__)
 
 
 def create_album(
-    caller: Caller, name: object, description: object = "", server_id: object = None
+    archive: Archive,
+    caller: Caller,
+    name: object,
+    description: object = "",
+    server_id: object = None,
 ) -> AlbumView:
     """Create an album owned by the caller.
 
@@ -65,9 +68,7 @@ def create_album(
     errors = _Errors()
     clean_name = _clean_name(name, errors)
     clean_description = _clean_description(description if description is not None else "", errors)
-    from authsvc.services import services
-
-    registry = services().orthanc
+    registry = archive.servers
     if server_id is not None and (
         not isinstance(server_id, str) or server_id not in registry.ids()
     ):
@@ -79,7 +80,7 @@ def create_album(
         id=secrets.token_urlsafe(12),
         name=clean_name,
         description=clean_description,
-        label=new_album_label(_label_prefix()),
+        label=new_album_label(archive.label_prefix),
         server_id=client.server.id if client is not None else "",
         created_by=caller.name,
         created_at=now,
@@ -195,6 +196,7 @@ def update_album(
 
 
 def delete_album(
+    archive: Archive,
     caller: Caller,
     album_id: str,
     *,
@@ -215,7 +217,7 @@ def delete_album(
     )
     # Studies labelled behind authsvc's back (or adopted later) lose the label too.
     try:
-        found = _orthanc(album.server_id).find_studies(labels=[album.label])
+        found = archive.client(album.server_id).find_studies(labels=[album.label])
         study_ids = sorted(set(study_ids) | {str(s) for s in found})
     except (OrthancUnavailable, OrthancError) as exc:
         log.warning("album %s: cannot list labelled studies before deletion: %s", album.id, exc)
@@ -236,5 +238,5 @@ def delete_album(
     db.session.delete(album)
     db.session.commit()
     _membership_changed()
-    _apply([p.id for p in pending])
+    _apply(archive, [p.id for p in pending])
     return len(study_ids)

@@ -43,12 +43,18 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc import audit
+from authsvc.albums import album_grants
+from authsvc.albums import album_role
+from authsvc.albums import caller_for
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.errors import AuthsvcError
 from authsvc.errors import NotFound
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
+from authsvc.identity.roles import RolesConfig
+from authsvc.identity.roles import compose_profile
 from authsvc.logs import current_request_id
 from authsvc.models import AdminSession
 from authsvc.models import Album
@@ -59,7 +65,11 @@ from authsvc.models import KnownUser
 from authsvc.models import ShareToken
 from authsvc.models import UploadToken
 from authsvc.models import utcnow
+from authsvc.orthanc import OrthancServers
+from authsvc.orthanc.study_labels import StudyLabelCache
 from authsvc.orthanc.study_labels import TtlMap
+from authsvc.policy import Actor
+from authsvc.policy import Allowed
 from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import Maker
@@ -67,14 +77,13 @@ from authsvc.policy import decide_credential_backing
 
 __all__ = [
     "SERVICE_MAKER_PREFIX",
+    "USER_TAG_PREFIX",
     "BackingCache",
-    "album_credential_backing",
+    "MakerRights",
     "api_key_owner_disabled",
+    "audit_refusal",
     "maker_identity",
-    "album_token_suspension",
     "set_disabled",
-    "share_link_backing",
-    "share_link_suspension",
 ]
 
 log = logging.getLogger(__name__)
@@ -214,144 +223,163 @@ class BackingCache:
         return True
 
 
-def _cache() -> BackingCache:
-    from authsvc.services import services
+class MakerRights:
+    """Does a credential still stand on its maker's rights? The facts, gathered and cached.
 
-    return services().makers
-
-
-def _maker(subject: str, album: Album | None) -> Maker:
-    from authsvc.albums import album_role
-    from authsvc.albums import caller_for
-    from authsvc.policy import Actor
-    from authsvc.services import services
-
-    identity, disabled = maker_identity(subject)
-    if identity is None:
-        return Maker(actor=Actor(""), disabled=True)
-    actor = services().authenticator.actor(identity)
-    role = album_role(caller_for(identity, actor), album.id) if album is not None else None
-    return Maker(actor=actor, disabled=disabled, album_exists=album is not None, album_role=role)
-
-
-def album_credential_backing(
-    kind: CredentialKind, credential_id: str, created_by: str, album: Album | None
-) -> Decision:
-    """Return whether an upload or album read token still stands on its maker (cached)."""
-    album_id = album.id if album is not None else None
-    key = (kind, credential_id, created_by, album_id)
-    return _cache().get(key, lambda: decide_credential_backing(kind, _maker(created_by, album)))
-
-
-def share_link_backing(
-    created_by: str | None, token_type: str, labels: Iterable[str] | None
-) -> Decision:
-    """Return whether a share link made for ``user:<sub>`` may still open a study with ``labels``.
-
-    ``labels`` None: the study is not known here (an admin listing), only the rest is checked.
-    Links with no user maker (made by the plugin, or legacy ones) are not affected.
+    Built once per process by the composition root (:mod:`authsvc.services`) with what it
+    needs to judge a maker now: the answers' cache, how an identity becomes a policy actor
+    and which roles configuration is current (the app's authenticator), and the Orthanc
+    servers with their study-label cache (to see whether a share link's maker still sees the
+    study). :func:`authsvc.policy.decide_credential_backing` decides.
     """
-    from authsvc.policy import Allowed
 
-    if not created_by or not created_by.startswith(USER_TAG_PREFIX):
-        return Allowed("no user maker on record")
-    subject = created_by[len(USER_TAG_PREFIX) :]
-    study_labels = frozenset(labels) if labels is not None else None
-    key = (CredentialKind.SHARE_LINK, created_by, token_type, study_labels)
+    def __init__(
+        self,
+        *,
+        cache: BackingCache,
+        actor_of: Callable[[Identity], Actor],
+        roles: Callable[[], RolesConfig],
+        orthanc: OrthancServers,
+        study_labels: StudyLabelCache,
+    ) -> None:
+        """Hold the collaborators (no I/O)."""
+        self.cache = cache
+        self._actor_of = actor_of
+        self._roles = roles
+        self._orthanc = orthanc
+        self._study_labels = study_labels
 
-    def compute() -> Decision:
-        return decide_credential_backing(
-            CredentialKind.SHARE_LINK,
-            _share_maker(subject, study_labels),
-            token_type=token_type,
+    def forget(self, _sender: object = None) -> None:
+        """Forget every cached answer (a membership changed here; a ``blinker`` receiver)."""
+        self.cache.clear()
+
+    def _maker(self, subject: str, album: Album | None) -> Maker:
+        identity, disabled = maker_identity(subject)
+        if identity is None:
+            return Maker(actor=Actor(""), disabled=True)
+        actor = self._actor_of(identity)
+        role = album_role(caller_for(identity, actor), album.id) if album is not None else None
+        return Maker(
+            actor=actor, disabled=disabled, album_exists=album is not None, album_role=role
         )
 
-    return _cache().get(key, compute)
+    def album_credential(
+        self, kind: CredentialKind, credential_id: str, created_by: str, album: Album | None
+    ) -> Decision:
+        """Return whether an upload or album read token still stands on its maker (cached)."""
+        album_id = album.id if album is not None else None
+        key = (kind, credential_id, created_by, album_id)
+        return self.cache.get(
+            key, lambda: decide_credential_backing(kind, self._maker(created_by, album))
+        )
 
+    def share_link(
+        self, created_by: str | None, token_type: str, labels: Iterable[str] | None
+    ) -> Decision:
+        """Return whether a share link made for ``user:<sub>`` may still open a study with
+        ``labels``.
 
-def _share_maker(subject: str, labels: frozenset[str] | None) -> Maker:
-    from authsvc.albums import album_grants
-    from authsvc.identity.roles import compose_profile
-    from authsvc.policy import Actor
-    from authsvc.services import services
+        ``labels`` None: the study is not known here (an admin listing), only the rest is
+        checked. Links with no user maker (made by the plugin, or legacy ones) are not affected.
+        """
+        if not created_by or not created_by.startswith(USER_TAG_PREFIX):
+            return Allowed("no user maker on record")
+        subject = created_by[len(USER_TAG_PREFIX) :]
+        study_labels = frozenset(labels) if labels is not None else None
+        key = (CredentialKind.SHARE_LINK, created_by, token_type, study_labels)
 
-    identity, disabled = maker_identity(subject)
-    if identity is None:
-        return Maker(actor=Actor(""), disabled=True)
-    authenticator = services().authenticator
-    email = identity.email if identity.email and identity.email_verified else None
-    album_labels, album_permissions = album_grants(
-        identity.subject, identity.group_names, email, bind=False
-    )
-    profile = compose_profile(
-        identity,
-        authenticator.roles(),
-        extra_labels=album_labels,
-        extra_permissions=album_permissions,
-    )
-    visible = (
-        labels is None or profile.all_labels or not profile.authorized_labels.isdisjoint(labels)
-    )
-    return Maker(
-        actor=authenticator.actor(identity),
-        disabled=disabled,
-        permissions=profile.permissions,
-        studies_visible=visible,
-    )
+        def compute() -> Decision:
+            return decide_credential_backing(
+                CredentialKind.SHARE_LINK,
+                self._share_maker(subject, study_labels),
+                token_type=token_type,
+            )
 
+        return self.cache.get(key, compute)
 
-def album_token_suspension(row: UploadToken | AlbumReadToken) -> str | None:
-    """Return why an album token in force no longer works (for the admin pages), or None."""
-    kind = (
-        CredentialKind.UPLOAD_TOKEN
-        if isinstance(row, UploadToken)
-        else CredentialKind.ALBUM_READ_TOKEN
-    )
-    if row.revoked_at is not None or row.expires_at <= utcnow():
+    def _share_maker(self, subject: str, labels: frozenset[str] | None) -> Maker:
+        identity, disabled = maker_identity(subject)
+        if identity is None:
+            return Maker(actor=Actor(""), disabled=True)
+        email = identity.email if identity.email and identity.email_verified else None
+        album_labels, album_permissions = album_grants(
+            identity.subject, identity.group_names, email, bind=False
+        )
+        profile = compose_profile(
+            identity,
+            self._roles(),
+            extra_labels=album_labels,
+            extra_permissions=album_permissions,
+        )
+        visible = (
+            labels is None or profile.all_labels or not profile.authorized_labels.isdisjoint(labels)
+        )
+        return Maker(
+            actor=self._actor_of(identity),
+            disabled=disabled,
+            permissions=profile.permissions,
+            studies_visible=visible,
+        )
+
+    def album_token_suspension(self, row: UploadToken | AlbumReadToken) -> str | None:
+        """Return why an album token in force no longer works (admin pages), or None."""
+        kind = (
+            CredentialKind.UPLOAD_TOKEN
+            if isinstance(row, UploadToken)
+            else CredentialKind.ALBUM_READ_TOKEN
+        )
+        if row.revoked_at is not None or row.expires_at <= utcnow():
+            return None
+        backing = self.album_credential(
+            kind, row.id, row.created_by, db.session.get(Album, row.album_id)
+        )
+        return None if backing else backing.reason
+
+    def share_link_suspension(self, row: ShareToken) -> str | None:
+        """Return why a share link in force no longer works (admin pages), or None.
+
+        Study-level resources are looked up in Orthanc (labels, cached) to check the maker
+        still sees them; if Orthanc cannot answer, only the maker's standing and permission
+        are checked (validation, which has the labels, decides anyway).
+        """
+        if row.revoked_at is not None or (
+            row.expires_at is not None and row.expires_at <= utcnow()
+        ):
+            return None
+        if not row.created_by.startswith(USER_TAG_PREFIX):
+            return None
+        client = self._orthanc.get(row.server_id or None)
+        label_sets: list[frozenset[str] | None] = []
+        for resource in row.resources:
+            orthanc_id = resource.get("orthanc-id") if isinstance(resource, dict) else None
+            if (
+                client is None
+                or resource.get("level") != "study"
+                or not isinstance(orthanc_id, str)
+            ):
+                continue
+            try:
+                facts = self._study_labels.study(client, orthanc_id)
+            except AuthsvcError:
+                continue
+            label_sets.append(facts.labels if facts is not None else frozenset())
+        for labels in label_sets or [None]:
+            backing = self.share_link(row.created_by, row.token_type, labels)
+            if not backing:
+                return backing.reason
         return None
-    backing = album_credential_backing(
-        kind, row.id, row.created_by, db.session.get(Album, row.album_id)
-    )
-    return None if backing else backing.reason
 
-
-def share_link_suspension(row: ShareToken) -> str | None:
-    """Return why a share link in force no longer works (for the admin pages), or None.
-
-    Study-level resources are looked up in Orthanc (labels, cached) to check the maker still
-    sees them; if Orthanc cannot answer, only the maker's standing and permission are checked
-    (validation, which has the labels, decides anyway).
-    """
-    from authsvc.errors import AuthsvcError
-    from authsvc.services import services
-
-    if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
-        return None
-    if not row.created_by.startswith(USER_TAG_PREFIX):
-        return None
-    svc = services()
-    client = svc.orthanc.get(row.server_id or None)
-    label_sets: list[frozenset[str] | None] = []
-    for resource in row.resources:
-        orthanc_id = resource.get("orthanc-id") if isinstance(resource, dict) else None
-        if client is None or resource.get("level") != "study" or not isinstance(orthanc_id, str):
-            continue
-        try:
-            facts = svc.study_labels.study(client, orthanc_id)
-        except AuthsvcError:
-            continue
-        label_sets.append(facts.labels if facts is not None else frozenset())
-    for labels in label_sets or [None]:
-        backing = share_link_backing(row.created_by, row.token_type, labels)
-        if not backing:
-            return backing.reason
-    return None
+    def audit_refusal(
+        self, kind: CredentialKind, credential_id: str, subject: str, reason: str
+    ) -> None:
+        """Record that a credential was refused because of its maker (throttled)."""
+        if self.cache.should_audit(f"{kind}:{credential_id}"):
+            audit_refusal(kind, credential_id, subject, reason)
 
 
 def audit_refusal(kind: CredentialKind, credential_id: str, subject: str, reason: str) -> None:
-    """Record that a credential was refused because of its maker (throttled; own transaction)."""
-    if not _cache().should_audit(f"{kind}:{credential_id}"):
-        return
+    """Record that a credential was refused because of its maker, in its own transaction
+    (:meth:`MakerRights.audit_refusal` throttles)."""
     try:
         with db.engine.begin() as conn:
             conn.execute(

@@ -35,6 +35,9 @@ import sqlalchemy as sa
 from authsvc import audit
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
+from authsvc.credentials.lifecycle import USER_TAG_PREFIX
+from authsvc.credentials.lifecycle import MakerRights
+from authsvc.credentials.read_token_records import verify_read_token
 from authsvc.credentials.records import lifetime_state
 from authsvc.credentials.records import revoke_row
 from authsvc.credentials.sealing import ANY_SERVER
@@ -67,17 +70,20 @@ from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
 from authsvc.models import ShareToken
 from authsvc.models import utcnow
+from authsvc.orthanc import OrthancServers
 from authsvc.orthanc.plugin_protocol import CreateRequest
 from authsvc.orthanc.plugin_protocol import DecodeErrorCode
 from authsvc.orthanc.plugin_protocol import ValidateRequest
 from authsvc.orthanc.plugin_protocol import decode_reply
 from authsvc.orthanc.plugin_protocol import resource_json
+from authsvc.orthanc.study_labels import StudyLabelCache
+from authsvc.policy import CredentialKind
 from authsvc.policy import Decision
 from authsvc.policy import Denied
 from authsvc.policy import TokenKind
 from authsvc.policy import decide_token_access
 
-__all__ = ["CreatedShareToken", "ShareTokenService", "album_token_decision", "share_token_json"]
+__all__ = ["CreatedShareToken", "ShareTokenService", "share_token_json"]
 
 # MedDream links need a token from MedDream's own service, which authsvc does not talk to.
 _UNSUPPORTED_TYPES = frozenset(
@@ -94,32 +100,6 @@ class CreatedShareToken:
     row: ShareToken
 
 
-def album_token_decision(token: str, request: ValidateRequest, now: datetime) -> Decision | None:
-    """Decide ``/tokens/validate`` for an album read token (``ar1.``), or None if not one.
-
-    Album read tokens open every study of one album and nothing else: the plugin sends the
-    study's labels, so the token is granted when they contain the album's label (no call to
-    Orthanc), the album lives on the requesting server, and the method only reads.
-    """
-    if token_purpose(token) is not Purpose.ALBUM_READ:
-        return None
-    from authsvc.albums.access import verify_read_token
-    from authsvc.services import services
-
-    ring = services().upload_keys
-    if ring is None:
-        return Denied("album read tokens are not enabled")
-    try:
-        grant = verify_read_token(ring, token)
-    except AuthsvcError as exc:
-        return Denied(f"album read token refused: {exc.code}")
-    if (grant.server_id or None) != request.server_id:
-        return Denied("the token's album lives on another server")
-    if request.requested_resource() is None or grant.label not in request.labels:
-        return Denied("the study is not in the token's album")
-    return decide_token_access(TokenKind.ALBUM_READ, None, request.method)
-
-
 class ShareTokenService:
     """Share tokens for one app: keys, public roots, lifetime rules and known servers."""
 
@@ -132,9 +112,21 @@ class ShareTokenService:
         known_servers: Iterable[str | None],
         max_lifetime: timedelta | None,
         never_expires_allowed: bool,
+        rights: MakerRights,
+        orthanc: OrthancServers,
+        study_labels: StudyLabelCache,
+        read_keys: KeyRing | None,
         revocation_ttl: float = 5.0,
     ) -> None:
-        """Store the configuration; does no I/O."""
+        """Store the configuration and collaborators; does no I/O.
+
+        ``rights`` judges a link's maker now, ``orthanc`` and ``study_labels`` read a study's
+        labels when the plugin sent none, ``read_keys`` opens album read tokens (None: off).
+        """
+        self.rights = rights
+        self.orthanc = orthanc
+        self.study_labels = study_labels
+        self.read_keys = read_keys
         self.ring = ring
         self.legacy_key = legacy_key
         self.roots = roots
@@ -203,7 +195,7 @@ class ShareTokenService:
             return Denied("no token")
         if request.server_id not in self.known_servers:
             return Denied("unknown server-id")
-        album = album_token_decision(request.token, request, now)
+        album = self._album_token_decision(request)
         if album is not None:
             return album
         resource = request.requested_resource()
@@ -225,6 +217,27 @@ class ShareTokenService:
         )
         return decide_token_access(kind, None, request.method)
 
+    def _album_token_decision(self, request: ValidateRequest) -> Decision | None:
+        """Decide ``/tokens/validate`` for an album read token (``ar1.``), or None if not one.
+
+        Album read tokens open every study of one album and nothing else: the plugin sends the
+        study's labels, so the token is granted when they contain the album's label (no call to
+        Orthanc), the album lives on the requesting server, and the method only reads.
+        """
+        if token_purpose(request.token) is not Purpose.ALBUM_READ:
+            return None
+        if self.read_keys is None:
+            return Denied("album read tokens are not enabled")
+        try:
+            grant = verify_read_token(self.rights, self.read_keys, request.token)
+        except AuthsvcError as exc:
+            return Denied(f"album read token refused: {exc.code}")
+        if (grant.server_id or None) != request.server_id:
+            return Denied("the token's album lives on another server")
+        if request.requested_resource() is None or grant.label not in request.labels:
+            return Denied("the study is not in the token's album")
+        return decide_token_access(TokenKind.ALBUM_READ, None, request.method)
+
     def _study_labels(
         self, claims: ShareTokenClaims, requested: ResourceRef, request: ValidateRequest
     ) -> tuple[str, ...]:
@@ -236,8 +249,6 @@ class ShareTokenService:
         from Orthanc (cached, authsvc's own credentials), by the token's own Orthanc id for
         that study; when Orthanc cannot say, none (the maker check then fails closed).
         """
-        from authsvc.credentials.lifecycle import USER_TAG_PREFIX
-
         if (
             request.labels
             or requested.level is not ResourceLevel.STUDY
@@ -245,10 +256,7 @@ class ShareTokenService:
             or not (claims.issuer or "").startswith(USER_TAG_PREFIX)
         ):
             return request.labels
-        from authsvc.services import services
-
-        svc = services()
-        client = svc.orthanc.get(request.server_id or None)
+        client = self.orthanc.get(request.server_id or None)
         for granted in claims.resources:
             if (
                 client is None
@@ -258,7 +266,7 @@ class ShareTokenService:
             ):
                 continue
             try:
-                facts = svc.study_labels.study(client, granted.orthanc_id)
+                facts = self.study_labels.study(client, granted.orthanc_id)
             except AuthsvcError:
                 return request.labels
             return tuple(sorted(facts.labels)) if facts is not None else request.labels
@@ -270,12 +278,9 @@ class ShareTokenService:
         Only links made for a signed-in user (``iss`` ``user:<sub>``) have a maker; the
         refusal is audited (throttled) with the link's id, never the link itself.
         """
-        from authsvc.credentials import lifecycle
-        from authsvc.policy import CredentialKind
-
-        backing = lifecycle.share_link_backing(claims.issuer, claims.token_type.value, labels)
+        backing = self.rights.share_link(claims.issuer, claims.token_type.value, labels)
         if not backing and claims.token_id is not None:
-            lifecycle.audit_refusal(
+            self.rights.audit_refusal(
                 CredentialKind.SHARE_LINK,
                 claims.token_id,
                 f"share-token:{claims.token_id}",

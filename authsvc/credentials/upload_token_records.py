@@ -31,9 +31,9 @@ from authsvc.albums import Caller
 from authsvc.albums import album_role
 from authsvc.audit import AuditAction
 from authsvc.audit import Outcome
-from authsvc.credentials import lifecycle
 from authsvc.credentials.album_tokens import issue_upload_token
 from authsvc.credentials.album_tokens import open_upload_token
+from authsvc.credentials.lifecycle import MakerRights
 from authsvc.credentials.records import lifetime_state
 from authsvc.credentials.records import revoke_row
 from authsvc.credentials.sealing import ANY_SERVER
@@ -122,19 +122,19 @@ def token_json(
     }
 
 
-def backing_of(row: UploadToken, album: Album | None) -> Decision:
+def backing_of(rights: MakerRights, row: UploadToken, album: Album | None) -> Decision:
     """Return whether the token's maker still backs it (:mod:`authsvc.credentials.lifecycle`)."""
-    return lifecycle.album_credential_backing(
-        CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
-    )
+    return rights.album_credential(CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album)
 
 
-def listed_json(row: UploadToken, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def listed_json(
+    rights: MakerRights, row: UploadToken, *, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """Return :func:`token_json` with the maker check done for tokens still in force."""
     now = now or utcnow()
     backing = None
     if row.revoked_at is None and row.expires_at > now:
-        backing = backing_of(row, db.session.get(Album, row.album_id))
+        backing = backing_of(rights, row, db.session.get(Album, row.album_id))
     return token_json(row, now=now, backing=backing)
 
 
@@ -346,7 +346,12 @@ def revoke(caller: Caller, album_id: str, token_id: str) -> UploadToken:
 
 
 def authorize(
-    ring: KeyRing | None, token: str, album_id: str, *, now: dt.datetime | None = None
+    rights: MakerRights,
+    ring: KeyRing | None,
+    token: str,
+    album_id: str,
+    *,
+    now: dt.datetime | None = None,
 ) -> tuple[UploadToken, Album]:
     """Check an upload token for an upload into ``album_id`` and reserve one use (committed).
 
@@ -379,12 +384,10 @@ def authorize(
         raise TokenRevoked("This upload token is no longer valid.")
     if row.revoked_at is not None:
         raise TokenRevoked("This upload token has been revoked.")
-    backing = lifecycle.album_credential_backing(
-        CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album
-    )
+    backing = rights.album_credential(CredentialKind.UPLOAD_TOKEN, row.id, row.created_by, album)
     if not backing:
         db.session.rollback()
-        lifecycle.audit_refusal(
+        rights.audit_refusal(
             CredentialKind.UPLOAD_TOKEN, row.id, f"album:{album.id}", backing.reason
         )
         raise CredentialSuspended(f"This upload token no longer works: {backing.reason}.")

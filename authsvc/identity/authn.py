@@ -3,12 +3,17 @@
 The one authentication seam of the service. The JSON API, uploads, the nginx gate and the admin
 pages all go through it (via ``authsvc.views.auth``, which reads the headers):
 
-* :func:`authenticate` turns :class:`Credentials` (a bearer JWT, or an API key) into an
-  :class:`~authsvc.identity.Identity`; no credentials at all give
+* :meth:`Authenticator.authenticate` turns :class:`Credentials` (a bearer JWT, or an API key)
+  into an :class:`~authsvc.identity.Identity`; no credentials at all give
   :data:`~authsvc.identity.ANONYMOUS`, bad ones raise;
-* :func:`profile_for` composes the identity's plugin profile (permissions + authorized labels)
-  from the stored roles configuration and, through :func:`album_grants_for`, its albums;
-* :func:`actor_for` reduces an identity to the :class:`~authsvc.policy.Actor` the policy needs.
+* :meth:`Authenticator.profile` composes the identity's plugin profile (permissions +
+  authorized labels) from the stored roles configuration and, through the ``album_grants``
+  it was given (:func:`authsvc.albums.grants_for`), its albums;
+* :meth:`Authenticator.actor` reduces an identity to the :class:`~authsvc.policy.Actor` the
+  policy needs.
+
+The composition root (:mod:`authsvc.services`) builds one per app and hands it what lives in
+other packages: the album grants, and whether a person or an API key's owner is disabled.
 
 No ``flask.request`` here: callers pass the credentials in. The pieces that need the database
 (API keys) use the app's session, so this runs inside an app context.
@@ -32,7 +37,6 @@ from dataclasses import replace
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from authsvc.credentials.api_key_records import owner_backing
 from authsvc.credentials.api_keys import API_KEY_PREFIX
 from authsvc.credentials.api_keys import parse_api_key
 from authsvc.credentials.api_keys import verify_api_key
@@ -61,16 +65,19 @@ __all__ = [
     "Authenticator",
     "Credentials",
     "ProfileCache",
-    "actor_for",
-    "album_grants_for",
-    "authenticate",
-    "profile_for",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The plugin permission that allows everything; holding it makes a global admin.
 ALL_PERMISSION = "all"
+
+#: identity -> (Orthanc labels, permissions) its album memberships give.
+AlbumGrants = Callable[[Identity], tuple[frozenset[str], frozenset[str]]]
+
+
+def _nobody_disabled(_subject: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,15 @@ class ApiKeyCache:
     in its own short transaction, so it never rides on (or breaks) the caller's transaction.
     """
 
-    def __init__(self, *, ttl: float = 5.0, touch_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        owner_disabled: Callable[[str], bool],
+        ttl: float = 5.0,
+        touch_interval: float = 60.0,
+    ) -> None:
+        """``owner_disabled(subject)``: is the person a user key acts as disabled in authsvc?"""
+        self._owner_disabled = owner_disabled
         self._ttl = ttl
         self._touch_interval = touch_interval
         self._entries: dict[str, _KeyRecord] = {}
@@ -143,7 +158,7 @@ class ApiKeyCache:
             expires_at=row.expires_at,
             revoked=row.revoked_at is not None,
             loaded_at=now,
-            owner_disabled=row.kind == "user" and not owner_backing(row.owner_subject),
+            owner_disabled=row.kind == "user" and self._owner_disabled(row.owner_subject),
         )
         with self._lock:
             if len(self._entries) > 4096:
@@ -265,17 +280,24 @@ class Authenticator:
         admin_roles: Iterable[str] = (),
         anonymous_roles: Iterable[str] = (),
         is_disabled: Callable[[str], bool] | None = None,
+        album_grants: AlbumGrants | None = None,
     ) -> None:
         """Store the collaborators; does no I/O.
 
         ``is_disabled(subject)`` says whether an admin disabled that person in authsvc
-        (:func:`authsvc.credentials.lifecycle.set_disabled`); their Keycloak tokens are then
-        refused too.
+        (:func:`authsvc.credentials.lifecycle.set_disabled`); their Keycloak tokens and API
+        keys are then refused too. ``album_grants(identity)`` returns the (labels,
+        permissions) its album memberships give; None: no albums.
         """
         self.verifier = verifier
         self.is_disabled = is_disabled
         self.roles = roles
-        self.api_keys = api_keys if api_keys is not None else ApiKeyCache()
+        self.album_grants = album_grants
+        self.api_keys = (
+            api_keys
+            if api_keys is not None
+            else ApiKeyCache(owner_disabled=is_disabled or _nobody_disabled)
+        )
         self.api_key_prefix = api_key_prefix
         self.admin_roles = frozenset(admin_roles)
         self.anonymous = replace(ANONYMOUS, realm_roles=frozenset(anonymous_roles))
@@ -336,8 +358,8 @@ class Authenticator:
             identity = self.anonymous
         labels: frozenset[str] = frozenset()
         permissions: frozenset[str] = frozenset()
-        if with_albums and not identity.is_anonymous:
-            labels, permissions = album_grants_for(identity)
+        if with_albums and not identity.is_anonymous and self.album_grants is not None:
+            labels, permissions = self.album_grants(identity)
         return compose_profile(
             identity, self.roles(), extra_labels=labels, extra_permissions=permissions
         )
@@ -360,47 +382,3 @@ class Authenticator:
             sees_all_studies=profile.all_labels,
             via_api_key=identity.kind is IdentityKind.API_KEY,
         )
-
-
-# --- the seam the albums feature fills ---------------------------------------------------------
-
-
-def album_grants_for(identity: Identity) -> tuple[frozenset[str], frozenset[str]]:
-    """Return (labels, permissions) the identity gets from its album memberships.
-
-    The Orthanc labels of every album the identity may view — as a user, through a Keycloak
-    group, or through an e-mail invitation for its *verified* e-mail (bound to the user on
-    the way) — and the read-type permissions that go with them (architecture, "Plugin user
-    mode"; never ``edit-labels``). One indexed query (:func:`authsvc.albums.album_grants`),
-    so a membership change reaches the plugin within one profile ``validity``.
-    """
-    from authsvc.albums import album_grants
-
-    if identity.is_anonymous or not identity.subject:
-        return frozenset(), frozenset()
-    email = identity.email if identity.email and identity.email_verified else None
-    return album_grants(identity.subject, identity.group_names, email)
-
-
-# --- module-level shortcuts on the current app's authenticator ----------------------------------
-
-
-def _authenticator() -> Authenticator:
-    from authsvc.services import services
-
-    return services().authenticator
-
-
-def authenticate(credentials: Credentials) -> Identity:
-    """Return who presented ``credentials`` (see :meth:`Authenticator.authenticate`)."""
-    return _authenticator().authenticate(credentials)
-
-
-def profile_for(identity: Identity, *, with_albums: bool = True) -> Profile:
-    """Return the identity's profile (see :meth:`Authenticator.profile`)."""
-    return _authenticator().profile(identity, with_albums=with_albums)
-
-
-def actor_for(identity: Identity) -> Actor:
-    """Return the policy actor of the identity (see :meth:`Authenticator.actor`)."""
-    return _authenticator().actor(identity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from authsvc.albums import Archive
 from authsvc.albums import LabelOp
 from authsvc.albums import apply_pending
 from authsvc.albums import queue_label
@@ -13,12 +14,11 @@ from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.models import AlbumStudy
 from authsvc.models import utcnow
-from authsvc.orthanc import OrthancClient
 from authsvc.uploads.outcomes import StudyOutcome
 from authsvc.uploads.outcomes import StudySink
 
 
-def album_sink(album: Album, client: OrthancClient, added_by: str) -> StudySink:
+def album_sink(archive: Archive, album: Album, added_by: str) -> StudySink:
     """Return the sink that puts each uploaded study into ``album``, durably.
 
     For each new study: record it in ``album_study`` and queue the label change in
@@ -26,6 +26,8 @@ def album_sink(album: Album, client: OrthancClient, added_by: str) -> StudySink:
     albums module. If Orthanc fails now, the pending row stays and
     :func:`authsvc.albums.retry_pending_labels` (``authsvc reconcile``) applies it later.
     """
+
+    client = archive.client(album.server_id)
 
     def put(study: StudyOutcome) -> None:
         try:
@@ -56,6 +58,6 @@ def album_sink(album: Album, client: OrthancClient, added_by: str) -> StudySink:
         )
         pending_id = pending.id
         db.session.commit()
-        study.in_album = study.study_id in apply_pending([pending_id])
+        study.in_album = study.study_id in apply_pending(archive, [pending_id])
 
     return put

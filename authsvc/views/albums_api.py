@@ -29,9 +29,10 @@ from authsvc.errors import BadRequest
 from authsvc.errors import NotFound
 from authsvc.errors import PreconditionFailed
 from authsvc.errors import ValidationFailed
-from authsvc.identity.authn import profile_for
 from authsvc.models import AlbumMember
+from authsvc.services import services
 from authsvc.views.auth import current_actor
+from authsvc.views.auth import profile_for
 from authsvc.views.auth import require_identity
 from authsvc.views.requests import json_body
 
@@ -164,7 +165,11 @@ def create_album() -> Response:
     caller = _caller()
     body = _object({"name", "description", "server_id"}, required=("name",))
     view = albums.create_album(
-        caller, body.get("name"), body.get("description", ""), body.get("server_id")
+        services().archive,
+        caller,
+        body.get("name"),
+        body.get("description", ""),
+        body.get("server_id"),
     )
     response = _album_response(view, 201)
     response.headers["Location"] = url_for(".get_album", album_id=view.album.id)
@@ -207,6 +212,7 @@ def delete_album(album_id: str) -> Response:
             raise ValidationFailed(details=[{"field": "", "message": "only 'version' is accepted"}])
         field_version = _version_field(body)
     albums.delete_album(
+        services().archive,
         caller,
         album_id,
         expected_version=version if version is not None else field_version,
@@ -272,7 +278,7 @@ def list_studies(album_id: str) -> Response:
     """List an album's studies (from Orthanc's label search), one page."""
     caller = _caller()
     offset, limit = _page_args()
-    page = albums.list_studies(caller, album_id, offset=offset, limit=limit)
+    page = albums.list_studies(services().archive, caller, album_id, offset=offset, limit=limit)
     return jsonify(_page_json(page, page.items))
 
 
@@ -285,14 +291,18 @@ def _studies_body() -> object:
 def add_studies(album_id: str) -> Response:
     """Add studies (Orthanc ids or StudyInstanceUIDs) to an album; one result per study."""
     caller = _caller()
-    return _results_response(albums.add_studies(caller, album_id, _studies_body()))
+    return _results_response(
+        albums.add_studies(services().archive, caller, album_id, _studies_body())
+    )
 
 
 @bp.post("/<album_id>/studies/remove")
 def remove_studies(album_id: str) -> Response:
     """Take studies out of an album; one result per study."""
     caller = _caller()
-    return _results_response(albums.remove_studies(caller, album_id, _studies_body()))
+    return _results_response(
+        albums.remove_studies(services().archive, caller, album_id, _studies_body())
+    )
 
 
 def _single(result: list[StudyResult], ok: set[str]) -> Response:
@@ -310,11 +320,14 @@ def add_study(album_id: str, ref: str) -> Response:
     caller = _caller()
     if request.content_length:
         raise BadRequest("This request takes no body.")
-    return _single(albums.add_studies(caller, album_id, [ref]), {"added", "already-present"})
+    return _single(
+        albums.add_studies(services().archive, caller, album_id, [ref]),
+        {"added", "already-present"},
+    )
 
 
 @bp.delete("/<album_id>/studies/<ref>")
 def remove_study(album_id: str, ref: str) -> Response:
     """Remove one study from the album. :raise 404: not in the album."""
     caller = _caller()
-    return _single(albums.remove_studies(caller, album_id, [ref]), {"removed"})
+    return _single(albums.remove_studies(services().archive, caller, album_id, [ref]), {"removed"})

@@ -26,8 +26,7 @@ from authsvc.errors import AuthsvcError
 from authsvc.errors import Unauthenticated
 from authsvc.identity import Identity
 from authsvc.identity.authn import Credentials
-from authsvc.identity.authn import actor_for
-from authsvc.identity.authn import authenticate
+from authsvc.identity.roles import Profile
 from authsvc.policy import Actor
 from authsvc.services import services
 
@@ -35,6 +34,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _BEARER = "bearer "
+
+
+def actor_for(identity: Identity) -> Actor:
+    """Return the policy actor of the identity (the app's :class:`Authenticator`)."""
+    return services().authenticator.actor(identity)
+
+
+def profile_for(identity: Identity, *, with_albums: bool = True) -> Profile:
+    """Return the identity's profile, album grants included unless asked otherwise."""
+    return services().authenticator.profile(identity, with_albums=with_albums)
 
 
 def bearer_from_header(value: str | None) -> str | None:
@@ -66,7 +75,7 @@ def current_identity() -> Identity:
     if error is not None:
         raise error
     try:
-        identity = authenticate(request_credentials())
+        identity = services().authenticator.authenticate(request_credentials())
     except AuthsvcError as exc:
         g.authsvc_identity_error = exc
         raise

@@ -182,7 +182,7 @@ def revoke_api_key(key_id: str) -> Response:
     db.session.commit()
     services().authenticator.api_keys.forget(row.id)
     services().profile_cache.clear()
-    services().makers.clear()  # what a service key made stands on it
+    services().makers.forget()  # what a service key made stands on it
     return jsonify(key_json(row))
 
 
@@ -202,7 +202,8 @@ def list_share_tokens() -> Response:
         rows = tokens.list(created_by=actor_tag(identity))
     now = utcnow()
     items = [
-        share_token_json(r, now=now, suspension=lifecycle.share_link_suspension(r)) for r in rows
+        share_token_json(r, now=now, suspension=services().makers.share_link_suspension(r))
+        for r in rows
     ]
     return jsonify(items=items)
 
@@ -431,7 +432,7 @@ def _set_disabled(subject: str, *, disabled: bool) -> Response:
     row = lifecycle.set_disabled(subject, disabled=disabled, actor=actor_tag(identity))
     db.session.commit()
     svc = services()
-    svc.makers.clear()
+    svc.makers.forget()
     svc.authenticator.api_keys.clear()
     return jsonify(_person_json(row))
 

@@ -24,7 +24,7 @@ from flask import Response
 from flask import request
 from flask import stream_with_context
 
-from authsvc.albums.access import verify_read_token
+from authsvc.credentials.read_token_records import verify_read_token
 from authsvc.credentials.sealing import TOKEN_TAGS
 from authsvc.credentials.sealing import Purpose
 from authsvc.errors import AuthsvcError
@@ -93,7 +93,7 @@ def _album_access(album_id: str) -> AlbumAccess:
     if token is not None:
         if svc.upload_keys is None:
             raise Unauthenticated("Album read tokens are not enabled.")
-        grant = verify_read_token(svc.upload_keys, token)
+        grant = verify_read_token(svc.makers, svc.upload_keys, token)
         if album is None or grant.album_id != album.id:
             raise NotFound("No such album.")
         decision = decide_token_access(TokenKind.ALBUM_READ, request.method, None)

@@ -30,7 +30,7 @@ from flask import Response
 from flask import current_app
 from flask import request
 
-from authsvc.albums.access import verify_read_token
+from authsvc.credentials.read_token_records import verify_read_token
 from authsvc.credentials.sealing import TOKEN_TAGS
 from authsvc.credentials.sealing import Purpose
 from authsvc.credentials.share_links import INSTANT_LINK_TYPES
@@ -138,7 +138,7 @@ def _token_caller(token: str) -> Caller:
     if token.startswith(_READ_TOKEN_PREFIX):
         if svc.upload_keys is None:
             raise Unauthenticated("Album read tokens are not enabled.")
-        grant = verify_read_token(svc.upload_keys, token)
+        grant = verify_read_token(svc.makers, svc.upload_keys, token)
         return Caller(Actor(""), token_kind=TokenKind.ALBUM_READ, token_album_label=grant.label)
     claims = svc.share_tokens.read(
         token, now=utcnow(), expected_server_id=svc.settings.orthanc_server_id or None

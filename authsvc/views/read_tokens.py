@@ -16,6 +16,7 @@ from flask import jsonify
 from flask import request
 
 from authsvc.albums import access as album_access
+from authsvc.credentials import read_token_records
 from authsvc.errors import DependencyUnavailable
 from authsvc.errors import ValidationFailed
 from authsvc.extensions import db
@@ -61,7 +62,7 @@ def create(album_id: str) -> tuple[Response, int]:
     ring = services().upload_keys
     if ring is None:
         raise DependencyUnavailable("Album read tokens are not enabled (upload_token_keys).")
-    issued = album_access.issue_read_token(
+    issued = read_token_records.issue_read_token(
         ring,
         current_actor(),
         _audit_name(identity),
@@ -70,7 +71,7 @@ def create(album_id: str) -> tuple[Response, int]:
         lifetime=body.get("lifetime"),
         note=body.get("note"),
     )
-    answer: dict[str, Any] = album_access.read_token_json(issued.row)
+    answer: dict[str, Any] = read_token_records.read_token_json(issued.row)
     answer["token"] = issued.token
     answer["dicomweb_url"] = f"{request.url_root.rstrip('/')}/dicom-web/albums/{album_id}"
     return jsonify(answer), 201
@@ -80,15 +81,21 @@ def create(album_id: str) -> tuple[Response, int]:
 def list_tokens(album_id: str) -> Response:
     """List the album's read tokens (never the token texts)."""
     identity = require_identity()
-    rows = album_access.list_read_tokens(current_actor(), album_id, _role(identity, album_id))
-    return jsonify({"items": [album_access.read_token_json(row, with_state=True) for row in rows]})
+    rows = read_token_records.list_read_tokens(current_actor(), album_id, _role(identity, album_id))
+    return jsonify(
+        {
+            "items": [
+                read_token_records.read_token_json(row, rights=services().makers) for row in rows
+            ]
+        }
+    )
 
 
 @bp.delete("/<token_id>")
 def revoke(album_id: str, token_id: str) -> Response:
     """Revoke one read token (idempotent); it stops working at once."""
     identity = require_identity()
-    row = album_access.revoke_read_token(
+    row = read_token_records.revoke_read_token(
         current_actor(), _audit_name(identity), album_id, _role(identity, album_id), token_id
     )
-    return jsonify(album_access.read_token_json(row))
+    return jsonify(read_token_records.read_token_json(row))

@@ -42,7 +42,6 @@ from authsvc.credentials.sealing import token_purpose
 from authsvc.errors import AuthsvcError
 from authsvc.errors import Forbidden
 from authsvc.errors import NotFound
-from authsvc.errors import OrthancUnavailable
 from authsvc.errors import TokenInvalid
 from authsvc.errors import Unauthenticated
 from authsvc.extensions import db
@@ -92,14 +91,14 @@ def issue_upload_token(album_id: str) -> tuple[Response, int]:
 def list_upload_tokens(album_id: str) -> Response:
     """List the album's upload tokens the caller may see (never the tokens themselves)."""
     rows = records.list_tokens(_caller(), album_id)
-    return jsonify({"items": [records.listed_json(row) for row in rows]})
+    return jsonify({"items": [records.listed_json(services().makers, row) for row in rows]})
 
 
 @bp.delete("/api/albums/<album_id>/upload-tokens/<token_id>")
 def revoke_upload_token(album_id: str, token_id: str) -> Response:
     """Revoke one upload token (idempotent)."""
     row = records.revoke(_caller(), album_id, token_id)
-    return jsonify(records.listed_json(row))
+    return jsonify(records.listed_json(services().makers, row))
 
 
 # --- uploads ---------------------------------------------------------------------------------
@@ -167,7 +166,7 @@ def _uploader(album_id: str) -> Uploader:
     try:
         token = _presented_upload_token()
         grant = (
-            records.authorize(services().upload_keys, token, album_id)
+            records.authorize(services().makers, services().upload_keys, token, album_id)
             if token is not None
             else None
         )
@@ -281,9 +280,8 @@ def run_upload(
     result: uploads.UploadResult | None = None
     try:
         kind, boundary = uploads.classify(request.headers.get("Content-Type"), stow=stow)
-        client: OrthancClient | None = services().orthanc.get(album.server_id)
-        if client is None:
-            raise OrthancUnavailable(f"Orthanc server {album.server_id!r} is not configured.")
+        archive = services().archive
+        client = archive.client(album.server_id)
         # This route reads far more than a JSON body: the upload limit replaces the JSON one.
         request.max_content_length = configured.max_bytes
         result = uploads.ingest(
@@ -291,7 +289,7 @@ def run_upload(
             kind,
             boundary,
             store=_ProgressStore(client),
-            sink=uploads.album_sink(album, client, uploader.audit_name),
+            sink=uploads.album_sink(archive, album, uploader.audit_name),
             limits=configured,
             fields=fields,
         )

@@ -32,11 +32,11 @@ from authsvc.errors import OrthancError
 from authsvc.errors import OrthancUnavailable
 from authsvc.identity import Identity
 from authsvc.identity import admin_sessions
-from authsvc.identity.authn import actor_for
 from authsvc.policy import Action
 from authsvc.policy import Actor
 from authsvc.policy import decide
 from authsvc.services import services
+from authsvc.views.auth import actor_for
 
 log = logging.getLogger(__name__)
 

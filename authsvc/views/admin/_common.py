@@ -11,7 +11,6 @@ from flask import request
 from authsvc import albums
 from authsvc.errors import AuthsvcError
 from authsvc.errors import NotFound
-from authsvc.identity.authn import profile_for
 from authsvc.policy import NO_TARGET
 from authsvc.policy import Action
 from authsvc.policy import AlbumRole
@@ -19,6 +18,7 @@ from authsvc.policy import Target
 from authsvc.policy import decide
 from authsvc.views.admin._blueprint import current_actor
 from authsvc.views.admin._blueprint import signed_in_user
+from authsvc.views.auth import profile_for
 
 
 def page_caller() -> albums.Caller:

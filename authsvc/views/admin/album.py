@@ -146,6 +146,7 @@ def album(album_id: str) -> str:
     studies: albums.Page | None = None
     try:
         studies = albums.list_studies(
+            services().archive,
             caller,
             album_id,
             offset=(page_number - 1) * STUDIES_PAGE_SIZE,
@@ -231,7 +232,7 @@ def delete_album(album_id: str) -> WerkzeugResponse:
     if request.form.get("confirm") != "yes":
         flash("Tick the box to confirm that the album should be deleted.", "error")
         return redirect(url_for("admin.album", album_id=album_id))
-    albums.delete_album(caller, album_id)
+    albums.delete_album(services().archive, caller, album_id)
     flash(f"Album “{name}” deleted. Its studies are still in the archive.", "success")
     return redirect(url_for("admin.albums"))
 

@@ -14,6 +14,7 @@ from authsvc.errors import Conflict
 from authsvc.errors import ValidationFailed
 from authsvc.policy import Action
 from authsvc.policy import decide
+from authsvc.services import services
 from authsvc.views.admin._blueprint import bp
 from authsvc.views.admin._blueprint import signed_in
 from authsvc.views.admin._common import allowed
@@ -51,7 +52,10 @@ def create_album() -> WerkzeugResponse:
     """Create an album; the creator becomes its owner."""
     try:
         view = albums.create_album(
-            page_caller(), request.form.get("name", ""), request.form.get("description", "")
+            services().archive,
+            page_caller(),
+            request.form.get("name", ""),
+            request.form.get("description", ""),
         )
     except (ValidationFailed, Conflict) as exc:
         form_error(exc)

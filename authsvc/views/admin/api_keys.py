@@ -141,6 +141,6 @@ def revoke_api_key(key_id: str) -> WerkzeugResponse:
     api_key_records.revoke_key(row, actor=identity, now=dt.datetime.now(dt.UTC))
     db.session.commit()
     services().authenticator.api_keys.forget(row.id)
-    services().makers.clear()  # what a service key made stands on it
+    services().makers.forget()  # what a service key made stands on it
     flash(f"API key “{row.name}” revoked: it can no longer be used.", "success")
     return redirect(url_for("admin.api_keys"))

@@ -49,7 +49,7 @@ def _set_person(subject: str, *, disabled: bool) -> WerkzeugResponse:
         subject, disabled=disabled, actor=api_key_records.actor_tag(identity)
     )
     db.session.commit()
-    services().makers.clear()
+    services().makers.forget()
     services().authenticator.api_keys.clear()
     who = row.name or row.username
     flash(

@@ -12,7 +12,6 @@ from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc.credentials import api_key_records
-from authsvc.credentials import lifecycle
 from authsvc.credentials.records import lifetime_state
 from authsvc.errors import Forbidden
 from authsvc.extensions import db
@@ -56,7 +55,7 @@ def share_links() -> str:
             for r in row.resources
             if isinstance(r, dict)
         ]
-        reason = lifecycle.share_link_suspension(row) if state == "active" else None
+        reason = services().makers.share_link_suspension(row) if state == "active" else None
         links.append(
             {
                 "row": row,

@@ -15,10 +15,9 @@ from flask import url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from authsvc import albums
-from authsvc.albums import access as album_access
-from authsvc.albums.access import IssuedReadToken
-from authsvc.credentials import lifecycle
+from authsvc.credentials import read_token_records
 from authsvc.credentials import upload_token_records
+from authsvc.credentials.read_token_records import IssuedReadToken
 from authsvc.credentials.records import lifetime_state
 from authsvc.credentials.upload_token_records import IssuedToken
 from authsvc.errors import DependencyUnavailable
@@ -67,7 +66,7 @@ def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
         raise Forbidden("Your role in this album does not allow uploads or sharing.")
     upload_tokens = upload_token_records.list_tokens(caller, album_id) if can_upload else []
     read_tokens = (
-        album_access.list_read_tokens(caller.actor, album_id, role) if can_read_tokens else []
+        read_token_records.list_read_tokens(caller.actor, album_id, role) if can_read_tokens else []
     )
     people = admin_sessions.known_users(
         sorted({t.created_by for t in upload_tokens} | {t.created_by for t in read_tokens})
@@ -80,7 +79,7 @@ def _sharing_context(caller: albums.Caller, album_id: str) -> dict[str, Any]:
         "read_tokens": read_tokens,
         "people": people,
         "state": _token_state,
-        "suspended": lifecycle.album_token_suspension,
+        "suspended": services().makers.album_token_suspension,
         "can_upload": can_upload,
         "can_share": allowed(caller, role, Action.ALBUM_READ_TOKEN_CREATE),
         "can_revoke_read": allowed(caller, role, Action.ALBUM_READ_TOKEN_REVOKE),
@@ -186,13 +185,13 @@ def create_read_token(album_id: str) -> Response | WerkzeugResponse:
         caller,
         album_id,
         "read",
-        lambda: album_access.issue_read_token(
+        lambda: read_token_records.issue_read_token(
             ring,
             caller.actor,
             caller.name,
             album_id,
             albums.album_role(caller, album_id),
-            lifetime=_expiry_seconds(album_access.READ_TOKEN_MAX_LIFETIME),
+            lifetime=_expiry_seconds(read_token_records.READ_TOKEN_MAX_LIFETIME),
             note=_form_note(),
         ),
     )
@@ -203,7 +202,7 @@ def create_read_token(album_id: str) -> Response | WerkzeugResponse:
 def revoke_read_token(album_id: str, token_id: str) -> WerkzeugResponse:
     """Revoke an album read token: it stops working at once."""
     caller = page_caller()
-    album_access.revoke_read_token(
+    read_token_records.revoke_read_token(
         caller.actor, caller.name, album_id, albums.album_role(caller, album_id), token_id
     )
     flash("Read access revoked: that token can no longer be used.", "success")

@@ -70,7 +70,7 @@ def add_studies(album_id: str) -> WerkzeugResponse | str:
             totals["missing"] += 1
             missing.append(ref)
     if valid:
-        for result in albums.add_studies(caller, album_id, valid):
+        for result in albums.add_studies(services().archive, caller, album_id, valid):
             if result.status == "added":
                 totals["added"] += 1
             elif result.status == "already-present":
@@ -106,7 +106,7 @@ def remove_studies(album_id: str) -> WerkzeugResponse:
     if not refs:
         flash("Tick the studies to take out of the album first.", "error")
         return redirect(url_for("admin.album", album_id=album_id))
-    results = albums.remove_studies(page_caller(), album_id, refs)
+    results = albums.remove_studies(services().archive, page_caller(), album_id, refs)
     removed = sum(1 for r in results if r.status == "removed")
     flash(
         f"{removed} stud{'y' if removed == 1 else 'ies'} taken out of the album "
