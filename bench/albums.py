@@ -3,7 +3,7 @@
 1. **Profile composition** on PostgreSQL: a user in 1,000 albums (directly and through a
    group), with 10,000 albums and 100,000 memberships in the database. Measures
    ``albums.album_grants`` (the one query the plugin profile adds) and the whole
-   ``authn.profile_for``, in process; target p99 < 5 ms.
+   ``Authenticator.profile``, in process; target p99 < 5 ms.
 2. **Listing an album of 5,000 studies**, first page, against the real Orthanc
    (scripts/testenv): ``albums.list_studies`` (label search with computed tags, plus the
    count); target < 300 ms.
@@ -40,8 +40,8 @@ from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.identity import Identity  # noqa: E402
 from authsvc.identity import IdentityKind  # noqa: E402
-from authsvc.identity import authn  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
+from authsvc.services import services  # noqa: E402
 from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 
@@ -164,15 +164,15 @@ def bench_profiles(lookups: int) -> None:
                 albums.album_grants(USER, who.group_names)
 
             def profile() -> None:
-                authn.profile_for(who)
+                services().authenticator.profile(who)
 
             def request() -> None:
                 # As a plugin callback does: a session (pool checkout + ping) per request.
-                authn.profile_for(who)
+                services().authenticator.profile(who)
                 db.session.remove()
 
             _line("album_grants (the query the profile adds)", _timed(grants, lookups), "<5 ms")
-            _line("authn.profile_for (roles + albums)", _timed(profile, lookups), "<5 ms")
+            _line("Authenticator.profile (roles + albums)", _timed(profile, lookups), "<5 ms")
             _line("profile_for + session per request", _timed(request, lookups), "<5 ms")
             print(f"  (load average during the run: {os.getloadavg()[0]:.1f})")
             db.session.remove()
@@ -215,14 +215,16 @@ def bench_listing(n_studies: int, rounds: int) -> None:
         with app.app_context():
             init_db(db.engine)
             admin = Caller(actor=Actor(subject="bench-admin", is_global_admin=True))
-            album_id = albums.create_album(admin, "5,000 studies").album.id
+            album_id = albums.create_album(services().archive, admin, "5,000 studies").album.id
             for start in range(0, n_studies, albums.MAX_BULK):
-                albums.add_studies(admin, album_id, study_ids[start : start + albums.MAX_BULK])
-            page = albums.list_studies(admin, album_id, limit=50)
+                albums.add_studies(
+                    services().archive, admin, album_id, study_ids[start : start + albums.MAX_BULK]
+                )
+            page = albums.list_studies(services().archive, admin, album_id, limit=50)
             assert page.total == n_studies, page.total
 
             def first_page() -> None:
-                albums.list_studies(admin, album_id, offset=0, limit=50)
+                albums.list_studies(services().archive, admin, album_id, offset=0, limit=50)
                 db.session.rollback()
 
             _line(

@@ -47,6 +47,7 @@ from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.models import AlbumMember  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
+from authsvc.services import services  # noqa: E402
 from authsvc.views.album_upload import SCRIPT_BATCH_BYTES  # noqa: E402
 from authsvc.views.album_upload import SCRIPT_BATCH_FILES  # noqa: E402
 from bench.upload import InstanceFactory  # noqa: E402
@@ -169,7 +170,7 @@ def main() -> None:
         with app.app_context():
             init_db(db.engine)
             owner = albums.Caller(actor=Actor(subject="bench-owner"))
-            album = albums.create_album(owner, "bench browser uploads").album
+            album = albums.create_album(services().archive, owner, "bench browser uploads").album
             db.session.add(
                 AlbumMember(
                     album_id=album.id,

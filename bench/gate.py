@@ -52,6 +52,7 @@ from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
+from authsvc.services import services  # noqa: E402
 from tests import deploy_kit  # noqa: E402
 from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
@@ -278,8 +279,10 @@ def main() -> None:
             admin_token = idp.password_token("bob")["access_token"]
             with app.app_context():
                 admin = albums.Caller(Actor(_subject(admin_token), is_global_admin=True))
-                album = albums.create_album(admin, "bench").album.id
-                albums.add_studies(admin, album, [study.id, *([ohif.id] if ohif else [])])
+                album = albums.create_album(services().archive, admin, "bench").album.id
+                albums.add_studies(
+                    services().archive, admin, album, [study.id, *([ohif.id] if ohif else [])]
+                )
                 albums.invite_member(admin, album, "user", _subject(token), "viewer")
 
             authsvc_port = processes.free_port()

@@ -45,6 +45,7 @@ from authsvc.credentials.sealing import generate_key  # noqa: E402
 from authsvc.database import init_db  # noqa: E402
 from authsvc.extensions import db  # noqa: E402
 from authsvc.policy import Actor  # noqa: E402
+from authsvc.services import services  # noqa: E402
 from tests import processes  # noqa: E402
 from tests.dicom_factory import make_study  # noqa: E402
 
@@ -202,7 +203,7 @@ def main() -> None:
         with app.app_context():
             init_db(db.engine)
             owner = albums.Caller(actor=Actor(subject="bench-owner"))
-            album = albums.create_album(owner, "bench uploads").album
+            album = albums.create_album(services().archive, owner, "bench uploads").album
             issued = records.issue(
                 owner,
                 album.id,

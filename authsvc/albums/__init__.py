@@ -18,7 +18,7 @@ The modules, one concern each:
 * :mod:`~authsvc.albums.studies` — add, remove, list an album's studies;
 * :mod:`~authsvc.albums.labels` — the pending-label outbox, retries and :func:`reconcile`;
 * :mod:`~authsvc.albums.grants` — the album labels a plugin profile gets;
-* :mod:`~authsvc.albums.access` — the read path: roles by label, album read tokens.
+* :mod:`~authsvc.albums.access` — the read path: roles by label (read tokens are credentials).
 
 This package re-exports the names callers use (``from authsvc import albums``;
 ``albums.create_album(...)``). Code that replaces a function for a test patches the module

@@ -17,5 +17,5 @@ and those that keep the database rows that make credentials listable and revocab
 * :mod:`~authsvc.credentials.lifecycle` — credentials follow their maker's rights (the facts
   :func:`authsvc.policy.decide_credential_backing` decides on).
 
-Album read token rows live with the album (:mod:`authsvc.albums.access`).
+Album read token rows: :mod:`authsvc.credentials.read_token_records`.
 """

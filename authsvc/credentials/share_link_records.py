@@ -424,7 +424,7 @@ def share_token_json(
     """Return a share token row for the JSON API (never the token itself).
 
     ``suspension``: why a link in force no longer works (its maker lost the right, see
-    :func:`authsvc.credentials.lifecycle.share_link_suspension`); the ``status`` is then
+    :meth:`authsvc.credentials.lifecycle.MakerRights.share_link_suspension`); the ``status`` is then
     ``suspended``.
     """
     now = now or utcnow()

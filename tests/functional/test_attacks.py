@@ -54,6 +54,7 @@ from authsvc.models import PendingLabel
 from authsvc.models import ShareToken
 from authsvc.models import UploadToken
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import oidc
 from tests.conftest import INSECURE_SECRET_KEY
 from tests.conftest import api_key_row
@@ -202,10 +203,10 @@ def _build(app: Flask, orthanc: UploadingOrthanc, mock: rm.Mocker, log: io.Strin
     b = orthanc.add_study("1.2.840.9.2")
     c = orthanc.add_study("1.2.840.9.3")
     with app.app_context():
-        album_a = albums.create_album(ADMIN, "A").album.id
-        album_b = albums.create_album(ADMIN, "B").album.id
-        albums.add_studies(ADMIN, album_a, [a.id])
-        albums.add_studies(ADMIN, album_b, [b.id])
+        album_a = albums.create_album(services().archive, ADMIN, "A").album.id
+        album_b = albums.create_album(services().archive, ADMIN, "B").album.id
+        albums.add_studies(services().archive, ADMIN, album_a, [a.id])
+        albums.add_studies(services().archive, ADMIN, album_b, [b.id])
         members_a = {
             user: albums.invite_member(ADMIN, album_a, "user", sub(user), role).id
             for user, role in ROLE_USERS.items()

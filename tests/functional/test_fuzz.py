@@ -36,6 +36,7 @@ from authsvc.albums import Caller
 from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import oidc
 from tests.fake_orthanc import URL
 from tests.functional.uploads.test_uploads import UploadingOrthanc
@@ -92,8 +93,8 @@ def fuzz_app(app: Flask) -> Iterator[tuple[Flask, str]]:
         study = orthanc.add_study("1.2.840.77.1")
         with app.app_context():
             admin = Caller(Actor("root", is_global_admin=True))
-            album = albums.create_album(admin, "Fuzz").album.id
-            albums.add_studies(admin, album, [study.id])
+            album = albums.create_album(services().archive, admin, "Fuzz").album.id
+            albums.add_studies(services().archive, admin, album, [study.id])
             db.session.commit()
         yield app, album
 

@@ -25,9 +25,9 @@ from authsvc.errors import NotFound
 from authsvc.extensions import db
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
-from authsvc.identity import authn
 from authsvc.models import AlbumMember
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import processes
 from tests.conftest import _make_app
 from tests.conftest import base_config
@@ -86,32 +86,32 @@ ADMIN = person("it-admin", admin=True)
 
 def test_album_lifecycle(app: Flask, orthanc: processes.OrthancService) -> None:
     study_id, uid = store_study(orthanc, n_series=2, n_instances=3, modality="MR")
-    view = albums.create_album(ADMIN, "Knee MRI — cohort 1")
+    view = albums.create_album(services().archive, ADMIN, "Knee MRI — cohort 1")
     album_id, label = view.album.id, view.album.label
     assert view.album.server_id == "it"
 
-    added = albums.add_studies(ADMIN, album_id, [uid])
+    added = albums.add_studies(services().archive, ADMIN, album_id, [uid])
     assert [(r.status, r.study_id, r.label) for r in added] == [("added", study_id, "applied")]
     assert label in labels(orthanc, study_id)
 
     albums.invite_member(ADMIN, album_id, "user", "it-bob", "viewer")
-    bob = authn.profile_for(identity("it-bob"))
+    bob = services().authenticator.profile(identity("it-bob"))
     assert label in bob.authorized_labels and "view" in bob.permissions
     assert "edit-labels" not in bob.permissions
-    carol = authn.profile_for(identity("it-carol"))
+    carol = services().authenticator.profile(identity("it-carol"))
     assert label not in carol.authorized_labels
 
-    page = albums.list_studies(person("it-bob"), album_id)
+    page = albums.list_studies(services().archive, person("it-bob"), album_id)
     assert page.total == 1
     item = page.items[0]
     assert item["id"] == study_id and item["study_instance_uid"] == uid
     assert item["modalities"] == ["MR"] and item["instance_count"] == 6
     assert item["series_count"] == 2 and item["patient_name"] == "Test^Patient"
 
-    removed = albums.remove_studies(ADMIN, album_id, [study_id])
+    removed = albums.remove_studies(services().archive, ADMIN, album_id, [study_id])
     assert [(r.status, r.label) for r in removed] == [("removed", "applied")]
     assert label not in labels(orthanc, study_id)
-    assert albums.list_studies(ADMIN, album_id).total == 0
+    assert albums.list_studies(services().archive, ADMIN, album_id).total == 0
 
 
 def test_two_albums_two_users_see_nothing_of_each_other(
@@ -120,23 +120,33 @@ def test_two_albums_two_users_see_nothing_of_each_other(
     alice, bob = person("it-alice"), person("it-bob2")
     study_a, _ = store_study(orthanc)
     study_b, _ = store_study(orthanc)
-    album_a = albums.create_album(alice, "A").album
-    album_b = albums.create_album(bob, "B").album
+    album_a = albums.create_album(services().archive, alice, "A").album
+    album_b = albums.create_album(services().archive, bob, "B").album
     # Each owner puts a study in (they see it through the admin's help: the admin adds it).
-    albums.add_studies(ADMIN, album_a.id, [study_a])
-    albums.add_studies(ADMIN, album_b.id, [study_b])
+    albums.add_studies(services().archive, ADMIN, album_a.id, [study_a])
+    albums.add_studies(services().archive, ADMIN, album_b.id, [study_b])
 
-    assert authn.profile_for(identity("it-alice")).authorized_labels == {album_a.label}
-    assert authn.profile_for(identity("it-bob2")).authorized_labels == {album_b.label}
+    assert services().authenticator.profile(identity("it-alice")).authorized_labels == {
+        album_a.label
+    }
+    assert services().authenticator.profile(identity("it-bob2")).authorized_labels == {
+        album_b.label
+    }
     # Bob cannot launder Alice's study into his album, nor read Alice's album.
-    assert albums.add_studies(bob, album_b.id, [study_a])[0].status == "not-found"
+    assert (
+        albums.add_studies(services().archive, bob, album_b.id, [study_a])[0].status == "not-found"
+    )
     assert labels(orthanc, study_a) == [album_a.label]
     with pytest.raises(NotFound):
-        albums.list_studies(bob, album_a.id)
-    assert [s["id"] for s in albums.list_studies(alice, album_a.id).items] == [study_a]
+        albums.list_studies(services().archive, bob, album_a.id)
+    assert [s["id"] for s in albums.list_studies(services().archive, alice, album_a.id).items] == [
+        study_a
+    ]
     # Alice may copy her own album's study into a second album of hers.
-    album_a2 = albums.create_album(alice, "A2").album
-    assert albums.add_studies(alice, album_a2.id, [study_a])[0].status == "added"
+    album_a2 = albums.create_album(services().archive, alice, "A2").album
+    assert (
+        albums.add_studies(services().archive, alice, album_a2.id, [study_a])[0].status == "added"
+    )
     assert sorted(labels(orthanc, study_a)) == sorted([album_a.label, album_a2.label])
 
 
@@ -144,15 +154,15 @@ def test_reconcile_repairs_a_label_removed_behind_authsvcs_back(
     app: Flask, orthanc: processes.OrthancService
 ) -> None:
     study_id, _ = store_study(orthanc)
-    album = albums.create_album(ADMIN, "reconciled").album
-    albums.add_studies(ADMIN, album.id, [study_id])
+    album = albums.create_album(services().archive, ADMIN, "reconciled").album
+    albums.add_studies(services().archive, ADMIN, album.id, [study_id])
     requests.delete(f"{orthanc.url}/studies/{study_id}/labels/{album.label}", timeout=10)
     assert album.label not in labels(orthanc, study_id)
 
-    dry = albums.reconcile(repair=False)
+    dry = albums.reconcile(services().archive, repair=False)
     mine = [d for d in dry.drifts if d.album_id == album.id]
     assert [(d.kind, d.study_id, d.repaired) for d in mine] == [("missing-label", study_id, False)]
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     assert [(d.kind, d.repaired) for d in report.drifts if d.album_id == album.id] == [
         ("missing-label", True)
     ]
@@ -160,21 +170,21 @@ def test_reconcile_repairs_a_label_removed_behind_authsvcs_back(
     # An album-shaped label with no album behind it is removed.
     orphan = album.label[:-26] + "a" * 26
     requests.put(f"{orthanc.url}/studies/{study_id}/labels/{orphan}", timeout=10)
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     assert ("orphan-label", study_id, True) in [
         (d.kind, d.study_id, d.repaired) for d in report.drifts
     ]
     assert orphan not in labels(orthanc, study_id)
-    assert albums.reconcile(repair=True).clean
+    assert albums.reconcile(services().archive, repair=True).clean
 
 
 def test_delete_album_strips_its_label_and_keeps_the_studies(
     app: Flask, orthanc: processes.OrthancService
 ) -> None:
     study_id, _ = store_study(orthanc)
-    album = albums.create_album(ADMIN, "to delete").album
-    albums.add_studies(ADMIN, album.id, [study_id])
-    assert albums.delete_album(ADMIN, album.id) == 1
+    album = albums.create_album(services().archive, ADMIN, "to delete").album
+    albums.add_studies(services().archive, ADMIN, album.id, [study_id])
+    assert albums.delete_album(services().archive, ADMIN, album.id) == 1
     assert album.label not in labels(orthanc, study_id)
     assert requests.get(f"{orthanc.url}/studies/{study_id}", timeout=10).status_code == 200
 
@@ -194,7 +204,7 @@ def _in_thread(app: Flask, work: Any, errors: list[BaseException]) -> threading.
 
 def test_two_managers_editing_members_at_once_lose_nothing(app: Flask) -> None:
     owner = person("it-owner")
-    album_id = albums.create_album(owner, "busy").album.id
+    album_id = albums.create_album(services().archive, owner, "busy").album.id
     albums.invite_member(owner, album_id, "user", "it-m1", "manager")
     albums.invite_member(owner, album_id, "user", "it-m2", "manager")
     db.session.remove()
@@ -226,7 +236,7 @@ def test_two_managers_editing_members_at_once_lose_nothing(app: Flask) -> None:
 
 def test_two_owners_demoting_each_other_at_once_keep_an_owner(app: Flask) -> None:
     first, second = person("it-o1"), person("it-o2")
-    album_id = albums.create_album(first, "owners").album.id
+    album_id = albums.create_album(services().archive, first, "owners").album.id
     albums.invite_member(first, album_id, "user", "it-o2", "owner")
     rows = dict(
         db.session.execute(

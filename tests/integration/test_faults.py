@@ -42,6 +42,7 @@ from authsvc.models import AlbumStudy
 from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import processes
 from tests.dicom_factory import make_study
 from tests.plugin_client import basic
@@ -237,11 +238,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     studies = {"A1": _store(orthanc, "faults A1")[0], "B": _store(orthanc, "faults B")[0]}
     with app.app_context():
         admin = albums.Caller(Actor(_subject(tokens["bob"]), is_global_admin=True))
-        created = albums.create_album(admin, "Faults A").album
+        created = albums.create_album(services().archive, admin, "Faults A").album
         album_a, label_a = created.id, created.label
-        album_b = albums.create_album(admin, "Faults B").album.id
-        albums.add_studies(admin, album_a, [studies["A1"]])
-        albums.add_studies(admin, album_b, [studies["B"]])
+        album_b = albums.create_album(services().archive, admin, "Faults B").album.id
+        albums.add_studies(services().archive, admin, album_a, [studies["A1"]])
+        albums.add_studies(services().archive, admin, album_b, [studies["B"]])
         albums.invite_member(admin, album_a, "user", _subject(tokens["carol"]), "viewer")
         albums.invite_member(admin, album_a, "user", _subject(tokens["alice"]), "manager")
     env = Env(orthanc, idp, postgres, server, app, album_a, album_b, label_a, studies, tokens)

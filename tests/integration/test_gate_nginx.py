@@ -33,6 +33,7 @@ from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.models import Album
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import deploy_kit
 from tests import processes
 from tests.dicom_factory import make_study
@@ -154,10 +155,10 @@ def env(
     }
     with app.app_context():
         admin = albums.Caller(Actor(_subject(tokens["bob"]), is_global_admin=True))
-        album_a = albums.create_album(admin, "Gate album A").album.id
-        album_b = albums.create_album(admin, "Gate album B").album.id
-        albums.add_studies(admin, album_a, [studies["A1"].id, studies["A2"].id])
-        albums.add_studies(admin, album_b, [studies["B"].id])
+        album_a = albums.create_album(services().archive, admin, "Gate album A").album.id
+        album_b = albums.create_album(services().archive, admin, "Gate album B").album.id
+        albums.add_studies(services().archive, admin, album_a, [studies["A1"].id, studies["A2"].id])
+        albums.add_studies(services().archive, admin, album_b, [studies["B"].id])
         albums.invite_member(admin, album_a, "user", _subject(tokens["carol"]), "viewer")
         albums.invite_member(admin, album_a, "user", _subject(tokens["alice"]), "manager")
     try:

@@ -39,6 +39,7 @@ from authsvc.database import init_db
 from authsvc.extensions import db
 from authsvc.identity.authn import ApiKeyCache
 from authsvc.policy import Actor
+from authsvc.services import services
 from authsvc.views.gate import CALLER_TTL
 from tests import deploy_kit
 from tests import processes
@@ -144,8 +145,8 @@ def cluster(
         studies = {f"S{i}": _store(orthanc, f"scale S{i}") for i in range(8)}
         with app.app_context():
             admin = albums.Caller(Actor(_subject(tokens["bob"]), is_global_admin=True))
-            created = albums.create_album(admin, "Scale-out").album
-            albums.add_studies(admin, created.id, [studies["S0"]])
+            created = albums.create_album(services().archive, admin, "Scale-out").album
+            albums.add_studies(services().archive, admin, created.id, [studies["S0"]])
             albums.invite_member(admin, created.id, "user", _subject(tokens["alice"]), "manager")
             albums.invite_member(admin, created.id, "user", _subject(tokens["carol"]), "viewer")
             album, label = created.id, created.label

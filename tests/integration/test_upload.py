@@ -27,6 +27,7 @@ from authsvc.extensions import db
 from authsvc.models import PendingLabel
 from authsvc.orthanc import OrthancClient
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import processes
 from tests.conftest import _make_app
 from tests.conftest import base_config
@@ -66,7 +67,7 @@ def app(
 
 def new_album() -> tuple[str, str]:
     """Create an album owned by OWNER with VIEWER as viewer; return (id, label)."""
-    view = albums.create_album(OWNER, "Uploads " + uuid.uuid4().hex[:6])
+    view = albums.create_album(services().archive, OWNER, "Uploads " + uuid.uuid4().hex[:6])
     albums.invite_member(OWNER, view.album.id, "user", VIEWER.subject, "viewer")
     return view.album.id, view.album.label
 
@@ -132,7 +133,7 @@ def test_stow_with_a_token_puts_the_study_in_the_album(
     assert label in study["Labels"]
     assert len(study["Series"]) == 2
     # Visible to the album's viewers (through the album's own listing).
-    listed = albums.list_studies(VIEWER, album_id)
+    listed = albums.list_studies(services().archive, VIEWER, album_id)
     assert [item["study_instance_uid"] for item in listed.items] == [study_uid]
     # Twice is harmless: Orthanc answers AlreadyStored, the album is unchanged.
     again = client.post(
@@ -141,7 +142,7 @@ def test_stow_with_a_token_puts_the_study_in_the_album(
         headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {issued.token}"},
     )
     assert again.status_code == 200
-    assert albums.list_studies(VIEWER, album_id).total == 1
+    assert albums.list_studies(services().archive, VIEWER, album_id).total == 1
 
 
 def test_zip_upload_puts_the_study_in_the_album(
@@ -225,7 +226,7 @@ def test_orthanc_stopping_before_labelling_leaves_a_pending_label_that_is_retrie
             private.restart()  # same storage: the instance is still there, unlabelled
             study = orthanc_study(private.url, study_uid)
             assert study is not None and label not in study["Labels"]
-            report = albums.retry_pending_labels(due_only=False)
+            report = albums.retry_pending_labels(services().archive, due_only=False)
             assert report.applied == 1 and report.remaining == 0
             study = orthanc_study(private.url, study_uid)
             assert study is not None and label in study["Labels"]
@@ -290,7 +291,7 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
     assert "FailedSOPSequence" not in answer
     study = orthanc_study(orthanc.url, str(datasets[0].StudyInstanceUID))
     assert study is not None and label in study["Labels"]
-    assert albums.list_studies(VIEWER, album_id).total == 1
+    assert albums.list_studies(services().archive, VIEWER, album_id).total == 1
 
     # 3D Slicer's DICOMweb send takes only an address: the token rides in its user info.
     slicer_like = DICOMwebClient(
@@ -300,7 +301,7 @@ def test_dicomweb_client_stores_into_the_album_through_gunicorn(
     more = [pydicom.dcmread(io.BytesIO(data)) for data in make_study(n_instances=2)]
     answer = slicer_like.store_instances(datasets=more)
     assert len(answer.ReferencedSOPSequence) == 2
-    assert albums.list_studies(VIEWER, album_id).total == 2
+    assert albums.list_studies(services().archive, VIEWER, album_id).total == 2
 
     # A token for another album gets a clear refusal from the same client.
     other_id, _ = new_album()

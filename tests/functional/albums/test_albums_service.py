@@ -30,6 +30,7 @@ from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.models import utcnow
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests.fake_orthanc import URL
 from tests.fake_orthanc import FakeOrthanc
 
@@ -90,7 +91,7 @@ def audit_actions(outcome: str | None = None) -> list[str]:
 
 
 def make_album(owner: Caller = ALICE, name: str = "Knee MRI") -> str:
-    return albums.create_album(owner, name, "").album.id
+    return albums.create_album(services().archive, owner, name, "").album.id
 
 
 def member_id(album_id: str, principal: str) -> int:
@@ -105,7 +106,7 @@ def member_id(album_id: str, principal: str) -> int:
 
 
 def test_create_gives_owner_a_generated_label_and_audits(ctx: Flask) -> None:
-    view = albums.create_album(ALICE, "  Knee MRI ☃  ", "for the study group")
+    view = albums.create_album(services().archive, ALICE, "  Knee MRI ☃  ", "for the study group")
     assert view.role == "owner" and view.member_count == 1
     assert view.album.name == "Knee MRI ☃"
     assert view.album.label.startswith("album-") and "knee" not in view.album.label
@@ -115,7 +116,7 @@ def test_create_gives_owner_a_generated_label_and_audits(ctx: Flask) -> None:
 
 
 def test_labels_and_ids_are_unique(ctx: Flask) -> None:
-    made = [albums.create_album(ALICE, "same name").album for _ in range(5)]
+    made = [albums.create_album(services().archive, ALICE, "same name").album for _ in range(5)]
     assert len({a.label for a in made}) == 5 and len({a.id for a in made}) == 5
 
 
@@ -134,13 +135,13 @@ def test_labels_and_ids_are_unique(ctx: Flask) -> None:
 )
 def test_create_rejects_bad_fields(ctx: Flask, fields: dict[str, Any], bad: str) -> None:
     with pytest.raises(ValidationFailed) as err:
-        albums.create_album(ALICE, **fields)
+        albums.create_album(services().archive, ALICE, **fields)
     assert [d["field"] for d in err.value.details] == [bad]
 
 
 def test_anonymous_cannot_create(ctx: Flask) -> None:
     with pytest.raises(Forbidden):
-        albums.create_album(caller(""), "x")
+        albums.create_album(services().archive, caller(""), "x")
     assert audit_actions("denied") == ["album:create"]
 
 
@@ -300,21 +301,23 @@ def test_add_and_remove_studies_put_and_take_the_label(ctx: Flask, orthanc: Fake
     label = albums.get_album(ADMIN, album_id).album.label
     s1 = orthanc.add_study("1.2.3.1")
     s2 = orthanc.add_study("1.2.3.2")
-    results = albums.add_studies(ADMIN, album_id, [s1.id, "1.2.3.2", "1.2.3.999"])
+    results = albums.add_studies(
+        services().archive, ADMIN, album_id, [s1.id, "1.2.3.2", "1.2.3.999"]
+    )
     assert [(r.status, r.label) for r in results] == [
         ("added", "applied"),
         ("added", "applied"),
         ("not-found", None),
     ]
     assert label in orthanc.labels_of(s1) and label in orthanc.labels_of(s2)
-    again = albums.add_studies(ADMIN, album_id, [s1.id])
+    again = albums.add_studies(services().archive, ADMIN, album_id, [s1.id])
     assert again[0].status == "already-present"
-    page = albums.list_studies(ADMIN, album_id, limit=1)
+    page = albums.list_studies(services().archive, ADMIN, album_id, limit=1)
     assert page.total == 2 and len(page.items) == 1
     item = page.items[0]
     assert item["modalities"] == ["CT", "SR"] and item["instance_count"] == 3
     assert item["patient_name"] == "Doe^Jane" and item["study_instance_uid"].startswith("1.2.3.")
-    removed = albums.remove_studies(ADMIN, album_id, ["1.2.3.1", s2.id, "9.9"])
+    removed = albums.remove_studies(services().archive, ADMIN, album_id, ["1.2.3.1", s2.id, "9.9"])
     assert [r.status for r in removed] == ["removed", "removed", "not-in-album"]
     assert label not in orthanc.labels_of(s1) and label not in orthanc.labels_of(s2)
     assert db.session.execute(sa.select(sa.func.count()).select_from(PendingLabel)).scalar() == 0
@@ -328,20 +331,25 @@ def test_nobody_adds_a_study_they_cannot_already_see(ctx: Flask, orthanc: FakeOr
     team = orthanc.add_study("1.9.2", labels={"teamA"})
     unlabelled = orthanc.add_study("1.9.3")
     # Bob sees nothing of Carol's album: the study is reported as not found.
-    assert albums.add_studies(BOB, mine, [hidden.id])[0].status == "not-found"
-    assert albums.add_studies(BOB, mine, [unlabelled.id])[0].status == "not-found"
+    assert albums.add_studies(services().archive, BOB, mine, [hidden.id])[0].status == "not-found"
+    assert (
+        albums.add_studies(services().archive, BOB, mine, [unlabelled.id])[0].status == "not-found"
+    )
     assert carol_label in orthanc.labels_of(hidden) and len(orthanc.labels_of(hidden)) == 1
     # A role label with a read permission makes a study visible; without "view" it does not.
     bob_team = caller("bob", labels=frozenset({"teamA"}))
-    assert albums.add_studies(bob_team, mine, [team.id])[0].status == "added"
+    assert albums.add_studies(services().archive, bob_team, mine, [team.id])[0].status == "added"
     blind = caller("bob", labels=frozenset({"teamA"}), permissions=frozenset())
-    assert albums.add_studies(blind, mine, ["1.9.2"])[0].status == "already-present"
+    assert (
+        albums.add_studies(services().archive, blind, mine, ["1.9.2"])[0].status
+        == "already-present"
+    )
     # Once Bob is a viewer of Carol's album he sees its studies and may copy them into his.
     albums.invite_member(CAROL, secret_album, "user", "bob", "viewer")
-    assert albums.add_studies(BOB, mine, [hidden.id])[0].status == "added"
+    assert albums.add_studies(services().archive, BOB, mine, [hidden.id])[0].status == "added"
     # ...but as a mere viewer he cannot add into Carol's album.
     with pytest.raises(Forbidden):
-        albums.add_studies(BOB, secret_album, [team.id])
+        albums.add_studies(services().archive, BOB, secret_album, [team.id])
     assert "album:study:add" in audit_actions("denied")
 
 
@@ -350,14 +358,17 @@ def test_study_roles(ctx: Flask, orthanc: FakeOrthanc) -> None:
     albums.invite_member(ADMIN, album_id, "user", "bob", "contributor")
     study = orthanc.add_study("1.5.1")
     with pytest.raises(NotFound):
-        albums.list_studies(CAROL, album_id)
+        albums.list_studies(services().archive, CAROL, album_id)
     with pytest.raises(NotFound):
-        albums.add_studies(CAROL, album_id, [study.id])
+        albums.add_studies(services().archive, CAROL, album_id, [study.id])
     # Bob sees the study only once it is in the album; as contributor he cannot remove it.
-    albums.add_studies(ADMIN, album_id, [study.id])
-    assert albums.add_studies(BOB, album_id, [study.id])[0].status == "already-present"
+    albums.add_studies(services().archive, ADMIN, album_id, [study.id])
+    assert (
+        albums.add_studies(services().archive, BOB, album_id, [study.id])[0].status
+        == "already-present"
+    )
     with pytest.raises(Forbidden):
-        albums.remove_studies(BOB, album_id, [study.id])
+        albums.remove_studies(services().archive, BOB, album_id, [study.id])
 
 
 @pytest.mark.parametrize(
@@ -366,9 +377,9 @@ def test_study_roles(ctx: Flask, orthanc: FakeOrthanc) -> None:
 def test_study_lists_are_validated(ctx: Flask, refs: Any) -> None:
     album_id = make_album(owner=ADMIN)
     with pytest.raises(ValidationFailed):
-        albums.add_studies(ADMIN, album_id, refs)
+        albums.add_studies(services().archive, ADMIN, album_id, refs)
     with pytest.raises(ValidationFailed):
-        albums.remove_studies(ADMIN, album_id, refs)
+        albums.remove_studies(services().archive, ADMIN, album_id, refs)
 
 
 def test_orthanc_outage_leaves_a_pending_label_that_a_retry_applies(
@@ -377,19 +388,23 @@ def test_orthanc_outage_leaves_a_pending_label_that_a_retry_applies(
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     study = orthanc.add_study("1.6.1")
-    albums.add_studies(ADMIN, album_id, [study.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [study.id])
     # Removal while Orthanc is down: the DB change holds, the label change is pending.
     orthanc.down = True
-    assert albums.remove_studies(ADMIN, album_id, [study.id])[0].label == "pending"
+    assert (
+        albums.remove_studies(services().archive, ADMIN, album_id, [study.id])[0].label == "pending"
+    )
     row = db.session.execute(sa.select(PendingLabel)).scalar_one()
     assert (row.op, row.attempts, row.study_id) == ("remove", 1, study.id)
     assert "unreachable" in (row.last_error or "")
     assert label in orthanc.labels_of(study)
-    report = albums.retry_pending_labels(due_only=False)
+    report = albums.retry_pending_labels(services().archive, due_only=False)
     assert (report.applied, report.failed, report.remaining) == (0, 1, 1)
     orthanc.down = False
-    assert albums.retry_pending_labels(due_only=True).applied == 0  # not due yet (backoff)
-    report = albums.retry_pending_labels(due_only=False)
+    assert (
+        albums.retry_pending_labels(services().archive, due_only=True).applied == 0
+    )  # not due yet (backoff)
+    report = albums.retry_pending_labels(services().archive, due_only=False)
     assert (report.applied, report.remaining) == (1, 0)
     assert label not in orthanc.labels_of(study)
 
@@ -398,11 +413,11 @@ def test_delete_album_removes_its_label_everywhere(ctx: Flask, orthanc: FakeOrth
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     s1, s2 = orthanc.add_study("1.7.1"), orthanc.add_study("1.7.2", labels={label, "keep"})
-    albums.add_studies(ADMIN, album_id, [s1.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [s1.id])
     albums.invite_member(ADMIN, album_id, "user", "bob", "manager")
     with pytest.raises(Forbidden):
-        albums.delete_album(BOB, album_id)
-    assert albums.delete_album(ADMIN, album_id) == 2
+        albums.delete_album(services().archive, BOB, album_id)
+    assert albums.delete_album(services().archive, ADMIN, album_id) == 2
     assert orthanc.labels_of(s1) == set() and orthanc.labels_of(s2) == {"keep"}
     assert s1.id in orthanc.studies  # the studies stay
     with pytest.raises(NotFound):
@@ -415,16 +430,16 @@ def test_reconcile_reports_and_repairs_drift(ctx: Flask, orthanc: FakeOrthanc) -
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     kept, stripped, foreign = (orthanc.add_study(f"1.8.{i}") for i in range(3))
-    albums.add_studies(ADMIN, album_id, [kept.id, stripped.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [kept.id, stripped.id])
     gone = orthanc.add_study("1.8.9")
-    albums.add_studies(ADMIN, album_id, [gone.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [gone.id])
     orthanc.studies[stripped.id].labels.discard(label)  # removed behind authsvc's back
     del orthanc.studies[gone.id]  # deleted from Orthanc
     foreign.labels.add(label)  # labelled by an Orthanc admin
     orphan = "album-" + "a" * 26
     kept.labels.add(orphan)  # a label of an album that does not exist
 
-    dry = albums.reconcile(repair=False)
+    dry = albums.reconcile(services().archive, repair=False)
     assert sorted(d.kind for d in dry.drifts) == [
         "missing-label",
         "missing-label",
@@ -434,7 +449,7 @@ def test_reconcile_reports_and_repairs_drift(ctx: Flask, orthanc: FakeOrthanc) -
     assert not any(d.repaired for d in dry.drifts) and not dry.clean
     assert label not in orthanc.labels_of(stripped)
 
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     kinds = sorted((d.kind, d.study_id) for d in report.drifts)
     assert ("study-gone", gone.id) in kinds and ("missing-label", stripped.id) in kinds
     assert all(d.repaired for d in report.drifts)
@@ -446,7 +461,7 @@ def test_reconcile_reports_and_repairs_drift(ctx: Flask, orthanc: FakeOrthanc) -
         ).scalars()
     )
     assert recorded == {kept.id, stripped.id, foreign.id}
-    assert albums.reconcile(repair=True).clean
+    assert albums.reconcile(services().archive, repair=True).clean
     assert "album:reconcile" in audit_actions()
 
 
@@ -461,11 +476,11 @@ def test_reconcile_retries_pending_labels(ctx: Flask, orthanc: FakeOrthanc) -> N
     albums.queue_label("main", study.id, label, "add", album_id=album_id)
     db.session.commit()
     orthanc.down = True
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     assert report.retried.failed == 1 and not report.clean
     assert [d.kind for d in report.drifts] == ["pending"]
     orthanc.down = False
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     assert report.retried.applied == 1 and report.clean
     assert label in orthanc.labels_of(study)
 
@@ -474,7 +489,6 @@ def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask
     from authsvc.identity import ANONYMOUS
     from authsvc.identity import Identity
     from authsvc.identity import IdentityKind
-    from authsvc.identity import authn
 
     album_id = make_album()
     label = albums.get_album(ALICE, album_id).album.label
@@ -484,20 +498,27 @@ def test_the_plugin_profile_lists_album_labels_through_the_authn_seam(ctx: Flask
     def person(sub: str, **kw: Any) -> Identity:
         return Identity(kind=IdentityKind.USER, subject=sub, **kw)
 
-    assert authn.profile_for(person("alice")).labels_list() == [label]
-    assert "view" in authn.profile_for(person("alice")).permissions
-    assert authn.profile_for(person("gus", groups=frozenset({"/lab"}))).labels_list() == [label]
+    assert services().authenticator.profile(person("alice")).labels_list() == [label]
+    assert "view" in services().authenticator.profile(person("alice")).permissions
+    assert services().authenticator.profile(
+        person("gus", groups=frozenset({"/lab"}))
+    ).labels_list() == [label]
     # An unverified e-mail binds nothing and sees nothing.
     unverified = person("eve", email="eve@example.org", email_verified=False)
-    assert authn.profile_for(unverified).labels_list() == []
+    assert services().authenticator.profile(unverified).labels_list() == []
     verified = person("eve", email="EVE@example.org", email_verified=True)
-    assert authn.profile_for(verified).labels_list() == [label]
-    assert authn.profile_for(person("eve")).labels_list() == [label]  # bound to the user now
-    assert authn.profile_for(person("mallory")).labels_list() == []
-    assert authn.profile_for(ANONYMOUS).labels_list() == []
+    assert services().authenticator.profile(verified).labels_list() == [label]
+    assert services().authenticator.profile(person("eve")).labels_list() == [
+        label
+    ]  # bound to the user now
+    assert services().authenticator.profile(person("mallory")).labels_list() == []
+    assert services().authenticator.profile(ANONYMOUS).labels_list() == []
     # Membership removed: the next profile no longer carries the label.
     albums.remove_member(ALICE, album_id, member_id(album_id, "lab"))
-    assert authn.profile_for(person("gus", groups=frozenset({"lab"}))).labels_list() == []
+    assert (
+        services().authenticator.profile(person("gus", groups=frozenset({"lab"}))).labels_list()
+        == []
+    )
 
 
 def test_reconcile_command_reports_repairs_and_sets_the_exit_status(
@@ -508,7 +529,7 @@ def test_reconcile_command_reports_repairs_and_sets_the_exit_status(
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     study = orthanc.add_study("1.3.9")
-    albums.add_studies(ADMIN, album_id, [study.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [study.id])
     db.session.remove()
     runner = ctx.test_cli_runner()
     clean = runner.invoke(reconcile_command, [])
@@ -551,14 +572,14 @@ def test_a_later_album_write_retries_due_pending_labels(ctx: Flask, orthanc: Fak
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     first, second = orthanc.add_study("1.11.1"), orthanc.add_study("1.11.2")
-    albums.add_studies(ADMIN, album_id, [first.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [first.id])
     orthanc.down = True
-    albums.remove_studies(ADMIN, album_id, [first.id])
+    albums.remove_studies(services().archive, ADMIN, album_id, [first.id])
     orthanc.down = False
     row = db.session.execute(sa.select(PendingLabel)).scalar_one()
     row.next_attempt_at = utcnow()  # its backoff is over
     db.session.commit()
-    albums.add_studies(ADMIN, album_id, [second.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [second.id])
     assert db.session.execute(sa.select(sa.func.count()).select_from(PendingLabel)).scalar() == 0
     assert label not in orthanc.labels_of(first) and label in orthanc.labels_of(second)
 
@@ -571,7 +592,7 @@ def test_reconcile_never_undoes_a_concurrent_removal(
     album_id = make_album(owner=ADMIN)
     label = albums.get_album(ADMIN, album_id).album.label
     study = orthanc.add_study("1.12.1")
-    albums.add_studies(ADMIN, album_id, [study.id])
+    albums.add_studies(services().archive, ADMIN, album_id, [study.id])
     client = ctx.extensions["authsvc"].orthanc.get("main")
     real_find, real_recorded = client.find_studies, pending_labels._recorded
     fired: list[str] = []
@@ -580,10 +601,10 @@ def test_reconcile_never_undoes_a_concurrent_removal(
         if album == album_id and not fired:
             fired.append("removed")
             if applied == "before-orthanc-answers":
-                albums.remove_studies(ADMIN, album_id, [study.id])
+                albums.remove_studies(services().archive, ADMIN, album_id, [study.id])
             else:  # committed, but Orthanc has not applied the label removal yet
                 orthanc.down = True
-                albums.remove_studies(ADMIN, album_id, [study.id])
+                albums.remove_studies(services().archive, ADMIN, album_id, [study.id])
                 orthanc.down = False
         return real_recorded(album)
 
@@ -591,12 +612,12 @@ def test_reconcile_never_undoes_a_concurrent_removal(
         answer = real_find(**kwargs)
         if kwargs.get("labels") == [label] and applied == "after-orthanc-answers":
             fired.append("applied")
-            albums.retry_pending_labels(due_only=False)
+            albums.retry_pending_labels(services().archive, due_only=False)
         return answer
 
     monkeypatch.setattr(pending_labels, "_recorded", recorded_after_a_removal)
     monkeypatch.setattr(client, "find_studies", find_then_apply)
-    report = albums.reconcile(repair=True)
+    report = albums.reconcile(services().archive, repair=True)
     assert fired[0] == "removed"
     assert [d for d in report.drifts if d.album_id == album_id] == []
     assert label not in orthanc.labels_of(study)

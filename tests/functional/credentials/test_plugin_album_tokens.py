@@ -18,6 +18,7 @@ from authsvc import albums
 from authsvc.albums import Caller
 from authsvc.credentials.sealing import generate_key
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import oidc
 from tests.conftest import base_config
 from tests.conftest import running_app
@@ -55,8 +56,8 @@ def world(
         with running_app(config, log_stream) as app:
             with app.app_context():
                 study = fake.add_study("1.2.840.7")
-                album = albums.create_album(ADMIN, "Lab").album
-                albums.add_studies(ADMIN, album.id, [study.id])
+                album = albums.create_album(services().archive, ADMIN, "Lab").album
+                albums.add_studies(services().archive, ADMIN, album.id, [study.id])
                 world = {"app": app, "album": album.id, "label": album.label, "study": study}
             yield world
 

@@ -24,6 +24,7 @@ from authsvc.credentials.sealing import generate_key
 from authsvc.extensions import db
 from authsvc.models import AuditEvent
 from authsvc.policy import Actor
+from authsvc.services import services
 from tests import oidc
 from tests.conftest import base_config
 from tests.conftest import running_app
@@ -68,10 +69,10 @@ def world(gate_app: tuple[Flask, FakeOrthanc, rm.Mocker]) -> dict[str, Any]:
     study_b = fake.add_study("1.2.840.2")
     study_c = fake.add_study("1.2.840.3")
     with app.app_context():
-        album_a = albums.create_album(ADMIN, "A").album
-        album_b = albums.create_album(ADMIN, "B").album
-        albums.add_studies(ADMIN, album_a.id, [study_a.id])
-        albums.add_studies(ADMIN, album_b.id, [study_b.id])
+        album_a = albums.create_album(services().archive, ADMIN, "A").album
+        album_b = albums.create_album(services().archive, ADMIN, "B").album
+        albums.add_studies(services().archive, ADMIN, album_a.id, [study_a.id])
+        albums.add_studies(services().archive, ADMIN, album_b.id, [study_b.id])
         albums.invite_member(ADMIN, album_a.id, "user", CAROL_SUB, "viewer")
         albums.invite_member(ADMIN, album_a.id, "user", ALICE_SUB, "manager")
         ids = {"album_a": album_a.id, "album_b": album_b.id}
@@ -213,7 +214,7 @@ def test_label_removed_by_authsvc_is_seen_by_the_gate_at_once(world: dict[str, A
     a: FakeStudy = world["a"]
     assert gate(client, "GET", f"/studies/{a.id}", CAROL).status_code == 200
     with app.app_context():
-        albums.remove_studies(ADMIN, world["album_a"], [a.id])
+        albums.remove_studies(services().archive, ADMIN, world["album_a"], [a.id])
     assert gate(client, "GET", f"/studies/{a.id}", CAROL).status_code == 403
 
 

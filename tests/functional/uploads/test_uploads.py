@@ -35,6 +35,7 @@ from authsvc.models import AuditEvent
 from authsvc.models import PendingLabel
 from authsvc.models import UploadToken
 from authsvc.models import utcnow
+from authsvc.services import services
 from tests.conftest import api_key_row
 from tests.dicom_factory import make_study
 from tests.fake_orthanc import URL
@@ -568,7 +569,7 @@ def test_labelling_failure_is_recorded_and_retried(world: World) -> None:
     assert event.detail["pending_study_ids"] == [study]
     world.orthanc.labels_down = False
     with world.app.app_context():
-        report = albums.retry_pending_labels(due_only=False)
+        report = albums.retry_pending_labels(services().archive, due_only=False)
         assert report.applied == 1
         assert pending_count() == 0
     assert world.orthanc.labels_of(study) == {LABEL}
@@ -796,7 +797,7 @@ def test_the_last_use_cannot_be_won_twice(world: World) -> None:
             ring = world.app.extensions["authsvc"].upload_keys
             barrier.wait()
             try:
-                records.authorize(ring, token, world.album)
+                records.authorize(services().makers, ring, token, world.album)
                 result = "ok"
             except TokenRevoked:
                 result = "used-up"

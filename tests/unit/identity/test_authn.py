@@ -14,7 +14,6 @@ from authsvc.identity import ANONYMOUS
 from authsvc.identity import Identity
 from authsvc.identity import IdentityKind
 from authsvc.identity import KeycloakVerifier
-from authsvc.identity import authn
 from authsvc.identity.authn import Authenticator
 from authsvc.identity.authn import Credentials
 from authsvc.identity.roles import RoleGrant
@@ -22,12 +21,6 @@ from authsvc.identity.roles import RolesConfig
 from tests import oidc
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _no_album_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests have no database: album grants are empty unless a test says otherwise."""
-    monkeypatch.setattr(authn, "album_grants_for", lambda identity: (frozenset(), frozenset()))
 
 
 ROLES = RolesConfig(
@@ -179,8 +172,7 @@ def test_album_grants_seam_adds_labels(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(identity)
         return frozenset({"album-1"}), frozenset({"view"})
 
-    monkeypatch.setattr(authn, "album_grants_for", grants)
-    a = make_authn()
+    a = make_authn(album_grants=grants)
     profile = a.profile(user())
     assert profile.labels_list() == ["album-1"]
     assert profile.permissions == {"view"}
@@ -230,10 +222,8 @@ def test_anonymous_actor_is_never_admin() -> None:
 
 
 def test_actor_ignores_album_grants(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        authn, "album_grants_for", lambda identity: (frozenset({"a"}), frozenset({"view"}))
-    )
-    assert make_authn().actor(user()).permissions == frozenset()
+    a = make_authn(album_grants=lambda identity: (frozenset({"a"}), frozenset({"view"})))
+    assert a.actor(user()).permissions == frozenset()
 
 
 # --- roles an API key may hold ------------------------------------------------------------------
