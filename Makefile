@@ -26,10 +26,12 @@ run: venv ## set up and serve on http://127.0.0.1:8000 (SQLite, development secr
 testenv: ## install the real Orthanc, nginx, OIDC provider, Chromium and PostgreSQL binaries
 	bash scripts/testenv/setup.sh
 
-lint: venv ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check authsvc tests bench
-	$(BIN)/ruff format --check authsvc tests bench
+lint: venv ## ruff (lint + format check), mypy --strict, import layers and circles
+	$(BIN)/ruff check authsvc tests bench scripts
+	$(BIN)/ruff format --check authsvc tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_import_cycles.py
 
 test: venv testenv lint ## set everything up, lint, type-check, run the whole suite (integration too)
 	AUTHSVC_ENV=testing $(BIN)/python -m pytest --cov --cov-report=term
